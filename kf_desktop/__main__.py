@@ -1,0 +1,3 @@
+from kf_desktop.cli import main
+
+raise SystemExit(main())
