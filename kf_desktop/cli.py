@@ -1,12 +1,50 @@
-"""Command-line entry points: `kf-desktop <command>`."""
+"""Command-line entry points: `kf-desktop <command>`.
+
+User errors (bad photo, missing device, unwritable path) print a message and
+a fix and exit with status 2, without a traceback. Heavy imports (torch,
+mediapipe) happen inside the commands, so `--help` and `--version` are fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from kf_desktop import __version__
 from kf_desktop.errors import UserError
+
+REPO_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+DEFAULT_PORTRAIT = REPO_RESOURCES / "portraits" / "astronaut.png"
+DEMO_DRIVER = "cap13_edit2.mp4"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1280x720, got {text!r}") from None
+    if not (16 <= w <= 7680 and 16 <= h <= 4320) or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(
+            f"size {w}x{h} is out of range: use even sizes from 16x16 to 7680x4320")
+    return w, h
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["guide", "generator"], default="guide",
+                   help="guide: motion-guide warp only; generator: Knot Forcing model")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -27,13 +65,112 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    from kf_desktop.render import RenderRequest, render
+
+    req = RenderRequest(portrait=Path(args.portrait), driver=args.driver and Path(args.driver),
+                        out=Path(args.out), seconds=args.seconds, size=args.size,
+                        fps=args.fps, mode=args.mode, device=args.device)
+    result = render(req)
+    print(f"wrote {result.path} ({result.frames} frames, {result.seconds:.1f} s at "
+          f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from kf_desktop.data import data_path
+
+    args.driver = str(data_path(DEMO_DRIVER))
+    args.portrait = str(DEFAULT_PORTRAIT)
+    return _cmd_render(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kf_desktop.live import run_live
+
+    return run_live(args)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from kf_desktop.doctor import run_doctor
+
+    return run_doctor()
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from kf_desktop.bench import run_bench
+
+    return run_bench(args)
+
+
+def _cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        from ui.app import run_app
+    except ImportError as e:
+        raise UserError(f"the desktop window is not available: {e}",
+                        "use `kf-desktop run` (headless) or `kf-desktop render`") from e
+    if args.check:
+        return 0
+    return run_app(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kf-desktop", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="kf-desktop",
+        description="One portrait photo becomes a live, talking virtual webcam.")
     p.add_argument("--version", action="version", version=f"kf-desktop {__version__}")
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("render", help="render a portrait driven by a video to mp4 (headless)")
+    r.add_argument("--portrait", default=str(DEFAULT_PORTRAIT), help="portrait photo")
+    r.add_argument("--driver", help="driving video (a talking-head clip)")
+    r.add_argument("--seconds", type=positive_float, help="render at most this long")
+    r.add_argument("--out", default="kf-render.mp4", help="output mp4 path")
+    r.add_argument("--size", type=parse_size, default=(1280, 720), help="output WxH")
+    r.add_argument("--fps", type=positive_float, help="output fps (default: the driver's)")
+    _add_model_args(r)
+    r.set_defaults(func=_cmd_render)
+
+    dm = sub.add_parser("demo", help="render the built-in demo (default portrait + fetched clip)")
+    dm.add_argument("--seconds", type=positive_float, default=10.0)
+    dm.add_argument("--out", default="kf-demo.mp4")
+    dm.add_argument("--size", type=parse_size, default=(1280, 720))
+    dm.add_argument("--fps", type=positive_float)
+    _add_model_args(dm)
+    dm.set_defaults(func=_cmd_demo)
+
+    rn = sub.add_parser("run", help="headless live streaming to the virtual camera")
+    rn.add_argument("--camera", type=int, default=0, help="camera index")
+    rn.add_argument("--video", help="drive from a video file instead of a camera (loops)")
+    rn.add_argument("--portrait", default=str(DEFAULT_PORTRAIT))
+    rn.add_argument("--vcam", action=argparse.BooleanOptionalAction, default=True,
+                    help="publish to the virtual camera")
+    rn.add_argument("--record", help="also record the output to this mp4")
+    rn.add_argument("--size", type=parse_size, default=(1280, 720))
+    rn.add_argument("--fps", type=positive_float, default=30.0)
+    rn.add_argument("--seconds", type=positive_float, help="stop after this long")
+    _add_model_args(rn)
+    rn.set_defaults(func=_cmd_run)
+
+    dr = sub.add_parser("doctor", help="check this machine and suggest fixes")
+    dr.set_defaults(func=_cmd_doctor)
+
+    b = sub.add_parser("bench", help="print the per-stage speed table")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b.add_argument("--seconds", type=positive_float, default=8.0, help="live-session duration")
+    b.add_argument("--size", type=parse_size, default=(1280, 720))
+    b.add_argument("--fps", type=positive_float, default=30.0)
+    b.add_argument("--engine", action="store_true", help="benchmark the Knot Forcing engine")
+    _add_model_args(b)
+    b.set_defaults(func=_cmd_bench)
+
     d = sub.add_parser("data", help="fetch the registry-shipped clips and speech")
     d.add_argument("action", choices=["fetch"])
     d.set_defaults(func=_cmd_data)
+
+    g = sub.add_parser("gui", help="open the desktop window")
+    g.add_argument("--check", action="store_true", help="only check that the window can open")
+    g.set_defaults(func=_cmd_gui)
     return p
 
 
@@ -43,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if os.environ.get("KF_DEBUG"):
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
