@@ -1,0 +1,355 @@
+"""Sinks with the real pyvirtualcam front end (in-memory backend), real ffmpeg
+and OpenCV encoders, and real file-system failures."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from kf_desktop.errors import DeviceError, UserError
+from kf_desktop.sinks import (FrameSink, NullSink, PreviewSink, RecorderSink, VirtualCameraSink,
+                              fit_frame, vcam_setup_hint)
+from tests.helpers_vcam import MemoryVcam, mem_vcam  # noqa: F401  (fixture)
+
+W, H, FPS = 320, 240, 30
+
+
+def solid(value: int, w: int = W, h: int = H) -> np.ndarray:
+    return np.full((h, w, 3), value, np.uint8)
+
+
+# ---- virtual camera -------------------------------------------------------------
+
+def test_constant_rate_with_steady_producer(mem_vcam):
+    sink = VirtualCameraSink(W, H, FPS, backend=mem_vcam.name)
+    assert isinstance(sink, FrameSink)
+    with sink:
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < 1.0:
+            sink.submit(solid(i % 256), time.monotonic())
+            i += 1
+            time.sleep(1 / FPS)
+        time.sleep(0.05)
+        st = sink.stats()
+    cam = mem_vcam.last
+    assert cam.closed and cam.close_calls == 1
+    assert (cam.width, cam.height) == (W, H)
+    assert cam.frames[-1].shape == (H, W, 3)
+    assert 26 <= cam.count <= 36, cam.count
+    assert st["frames_sent"] in (cam.count, cam.count - 1)
+    assert st["send_fps"] == pytest.approx(FPS, rel=0.1)
+    assert st["frames_submitted"] == i
+    lat = st["latency_ms"]
+    assert lat["n"] > 20
+    assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] < 100
+    assert st["backend"] == mem_vcam.name and st["device"] == "kf-mem-cam"
+    assert st["last_error"] is None
+
+
+def test_repeats_when_engine_stalls(mem_vcam):
+    sink = VirtualCameraSink(W, H, FPS, backend=mem_vcam.name)
+    sink.start()
+    try:
+        for v in (10, 20, 30):
+            sink.submit(solid(v), time.monotonic())
+            time.sleep(1 / FPS)
+        n0 = mem_vcam.last.count
+        time.sleep(1.0)  # the engine produces nothing for 1 s
+        st = sink.stats()
+        n1 = mem_vcam.last.count
+    finally:
+        sink.stop()
+    cam = mem_vcam.last
+    assert 27 <= n1 - n0 <= 33, n1 - n0  # still ~30 fps
+    assert st["frames_repeated"] >= 25
+    assert st["frames_sent"] == st["frames_repeated"] + st["frames_placeholder"] + 3 \
+        - st["frames_dropped"]
+    gaps = np.diff(cam.send_times[-25:])
+    assert np.median(gaps) == pytest.approx(1 / FPS, abs=0.004)
+    assert gaps.max() < 3 / FPS
+    assert np.all(cam.frames[-1] == 30)  # the last frame is repeated
+
+
+def test_placeholder_before_first_frame(mem_vcam):
+    ph = solid(77, 64, 48)  # different size: letterboxed to the camera size
+    sink = VirtualCameraSink(W, H, FPS, backend=mem_vcam.name, placeholder=ph)
+    with sink:
+        time.sleep(0.2)
+        st = sink.stats()
+    cam = mem_vcam.last
+    assert cam.count >= 4
+    assert st["frames_placeholder"] == st["frames_sent"] and st["frames_repeated"] == 0
+    assert cam.frames[0].shape == (H, W, 3) and cam.frames[0][H // 2, W // 2, 0] == 77
+    assert st["latency_ms"]["n"] == 0 and st["latency_ms"]["p50"] is None
+
+
+def test_latest_frame_wins(mem_vcam):
+    mem_vcam.keep_last = 1000
+    sink = VirtualCameraSink(W, H, FPS, backend=mem_vcam.name)
+    with sink:
+        time.sleep(0.05)
+        for v in range(1, 201):  # far faster than 30 fps
+            sink.submit(solid(v), time.monotonic())
+            if v % 20 == 0:
+                time.sleep(0.01)
+        time.sleep(0.15)
+        st = sink.stats()
+    sent = [int(f[0, 0, 0]) for f in mem_vcam.last.frames]
+    assert sent[-1] == 200  # the newest frame is what the camera shows
+    assert all(b >= a for a, b in zip(sent, sent[1:]))  # never an older frame after a newer one
+    assert st["frames_dropped"] > 150
+    assert st["frames_submitted"] == 200
+
+
+def test_mirror_and_letterbox(mem_vcam):
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:, : W // 4] = (255, 0, 0)  # red stripe on the left
+    with VirtualCameraSink(W, H, FPS, backend=mem_vcam.name, mirror=True) as sink:
+        sink.submit(img, time.monotonic())
+        time.sleep(0.12)
+    out = mem_vcam.last.frames[-1]
+    np.testing.assert_array_equal(out, img[:, ::-1])
+
+    mem_vcam.instances.clear()
+    square = np.full((100, 100, 3), 200, np.uint8)
+    with VirtualCameraSink(W, H, FPS, backend=mem_vcam.name) as sink:
+        sink.submit(square, time.monotonic())
+        time.sleep(0.12)
+    out = mem_vcam.last.frames[-1]
+    assert out.shape == (H, W, 3)
+    assert out[:, :30].max() == 0 and out[:, -30:].max() == 0  # pillarbox bars
+    assert np.all(out[:, 60:260] == 200)
+
+
+def test_submit_rejects_non_images(mem_vcam):
+    sink = VirtualCameraSink(W, H, FPS, backend=mem_vcam.name)
+    with pytest.raises(ValueError):
+        sink.submit(np.zeros((H, W, 3), np.float32), 0.0)
+    with pytest.raises(ValueError):
+        sink.submit(np.zeros((H, W), np.uint8), 0.0)
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="v4l2loopback is Linux-only")
+def test_no_v4l2loopback_driver():
+    if any(os.path.exists(f"/sys/class/video4linux/video{i}") for i in range(100)):
+        pytest.skip("this machine has video devices")
+    sink = VirtualCameraSink(W, H, FPS, backend="v4l2loopback")
+    with pytest.raises(DeviceError) as ei:
+        sink.start()
+    err = ei.value
+    assert "no virtual camera available" in err.message
+    assert "v4l2loopback" in err.message  # pyvirtualcam's own reason is kept
+    assert 'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label="kf-desktop"' in err.hint
+    assert "v4l2loopback-dkms" in err.hint
+    assert "modprobe" in str(err)  # what the CLI prints
+    sink.stop()  # safe after a failed start
+
+
+def test_unknown_backend_and_os_hints():
+    with pytest.raises(DeviceError, match="unknown virtual camera backend"):
+        VirtualCameraSink(W, H, FPS, backend="no-such-backend").start()
+    for system in ("Windows", "Darwin"):
+        hint = vcam_setup_hint(system)
+        assert "OBS Studio 30" in hint and "Virtual Camera" in hint
+    assert "modprobe v4l2loopback" in vcam_setup_hint("Linux")
+
+
+def test_device_lost_mid_stream():
+    vc = MemoryVcam(fail_after=5, name="kf_test_mem_failing")
+    vc.register()
+    try:
+        sink = VirtualCameraSink(W, H, FPS, backend=vc.name)
+        sink.start()
+        sink.submit(solid(1), time.monotonic())
+        time.sleep(0.4)
+        st = sink.stats()
+        t0 = time.monotonic()
+        sink.stop()
+        assert time.monotonic() - t0 < 0.5
+        sink.stop()  # idempotent
+    finally:
+        vc.unregister()
+    assert sink.failed
+    assert "device lost" in st["last_error"]
+    assert st["frames_sent"] == 5 == vc.last.count
+    assert not st["running"]
+    assert vc.last.closed and vc.last.close_calls == 1
+    sink.submit(solid(2), time.monotonic())  # still never raises or blocks
+
+
+# ---- recorder --------------------------------------------------------------------
+
+def _gradient(i: int) -> np.ndarray:
+    img = np.zeros((H, W, 3), np.uint8)
+    img[..., 0] = 5 * i  # frame number in the red channel
+    img[..., 1] = np.linspace(0, 255, W, dtype=np.uint8)[None, :]
+    img[..., 2] = 128
+    return img
+
+
+def _read_back(path: Path) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(bgr[:, :, ::-1])
+    cap.release()
+    return frames, fps
+
+
+@pytest.mark.parametrize("encoder", ["ffmpeg", "opencv"])
+def test_recorder_writes_every_frame(tmp_path, encoder):
+    if encoder == "ffmpeg" and not shutil.which("ffmpeg"):
+        pytest.skip("no ffmpeg")
+    out = tmp_path / "render.mp4"
+    rec = RecorderSink(out, W, H, 25, encoder=encoder)
+    assert isinstance(rec, FrameSink)
+    rec.start()
+    for i in range(50):
+        rec.submit(_gradient(i), 0.0)
+    assert not out.exists()  # still under a temporary name
+    rec.stop()
+    rec.stop()  # idempotent
+    assert rec.stats()["frames_written"] == 50 and rec.stats()["encoder"] == encoder
+    frames, fps = _read_back(out)
+    assert len(frames) == 50
+    assert fps == pytest.approx(25, abs=0.01)
+    assert frames[0].shape == (H, W, 3)
+    reds = [float(f[..., 0].mean()) for f in frames]
+    np.testing.assert_allclose(reds, [5 * i for i in range(50)], atol=4)  # all, in order
+    assert [p.name for p in tmp_path.iterdir()] == ["render.mp4"]  # no temp left behind
+    if encoder == "ffmpeg":
+        probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                                "stream=codec_name,pix_fmt,r_frame_rate", "-of", "csv=p=0", str(out)],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert probe == "h264,yuv420p,25/1"
+
+
+def test_recorder_temp_then_rename(tmp_path):
+    out = tmp_path / "take.mp4"
+    rec = RecorderSink(out, W, H, 30)
+    rec.start()
+    for i in range(5):
+        rec.submit(_gradient(i), 0.0)
+    tmp = rec.tmp_path
+    assert tmp.parent == tmp_path and tmp.name.startswith(".take.") and tmp.exists()
+    assert not out.exists()
+    rec.stop()
+    assert out.exists() and not tmp.exists()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+    empty = RecorderSink(tmp_path / "none.mp4", W, H, 30)
+    empty.start()
+    empty.stop()
+    assert not (tmp_path / "none.mp4").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take.mp4"]
+
+
+def test_recorder_letterboxes_other_sizes(tmp_path):
+    out = tmp_path / "odd.mp4"
+    with RecorderSink(out, 161, 121, 30) as rec:  # odd sides: padded for yuv420p
+        for _ in range(3):
+            rec.submit(np.full((50, 100, 3), 180, np.uint8), 0.0)
+    frames, _ = _read_back(out)
+    assert len(frames) == 3 and frames[0].shape[:2] in ((121, 161), (122, 162))
+
+
+@pytest.mark.parametrize("bad", ["/proc/kf-x.mp4", "under-a-file", "missing-folder"])
+def test_recorder_unwritable_path(tmp_path, bad):
+    if bad == "under-a-file":
+        (tmp_path / "afile").write_text("x")
+        path = tmp_path / "afile" / "x.mp4"
+    elif bad == "missing-folder":
+        path = tmp_path / "no" / "such" / "x.mp4"
+    else:
+        path = Path(bad)
+    rec = RecorderSink(path, W, H, 30)
+    with pytest.raises(UserError) as ei:
+        rec.start()
+    assert f"cannot write {path}" in ei.value.message
+    assert "choose another --out" in ei.value.message
+    rec.stop()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 512 KB tmpfs (needs root and mount rights, else skipped)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_recorder_disk_full(tiny_disk):
+    out = tiny_disk / "big.mp4"
+    rec = RecorderSink(out, W, H, 30)
+    rng = np.random.default_rng(0)
+    rec.start()
+    with pytest.raises(UserError) as ei:
+        for _ in range(400):  # noise does not compress: ~25 KB+ per frame
+            rec.submit(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), 0.0)
+        rec.stop()
+    msg = ei.value.message
+    assert "disk full" in msg and "big.partial.mp4" in msg
+    assert "disk space" in ei.value.hint
+    assert not out.exists()
+    assert (tiny_disk / "big.partial.mp4").stat().st_size > 0
+    assert [p.name for p in tiny_disk.iterdir()] == ["big.partial.mp4"]
+    with pytest.raises(UserError):  # the failure sticks
+        rec.submit(solid(0), 0.0)
+    rec.stop()
+
+
+# ---- preview / null ---------------------------------------------------------------
+
+def test_preview_and_null_sinks():
+    got = []
+    p = PreviewSink(lambda img, ts: got.append((img.shape, ts)))
+    p.start()
+    p.submit(solid(1), 1.5)
+    p.submit(solid(2), 2.5)
+    p.stop()
+    assert got == [((H, W, 3), 1.5), ((H, W, 3), 2.5)]
+
+    def boom(img, ts):
+        raise RuntimeError("gui gone")
+
+    b = PreviewSink(boom)
+    b.submit(solid(1), 0.0)  # does not raise into the engine thread
+    assert b.stats()["errors"] == 1 and "gui gone" in b.stats()["last_error"]
+
+    n = NullSink()
+    for i in range(7):
+        n.submit(solid(0), float(i))
+    assert n.stats() == {"frames_submitted": 7, "last_capture_ts": 6.0}
+    assert isinstance(n, FrameSink) and isinstance(p, FrameSink)
+
+
+def test_fit_frame():
+    img = solid(9, 100, 50)
+    assert fit_frame(img, 100, 50) is img
+    out = fit_frame(img, 200, 200)
+    assert out.shape == (200, 200, 3)
+    assert out[:50].max() == 0 and out[150:].max() == 0 and np.all(out[50:150] == 9)
