@@ -70,6 +70,25 @@ def vcam_setup_hint(system: str | None = None) -> str:
     return f"virtual cameras are not supported on {system}; record to a file with --out instead"
 
 
+def probe_virtual_camera(width: int = 640, height: int = 480, fps: float = 30,
+                         backend: str | None = None) -> tuple[bool, str, str]:
+    """Open and close a virtual camera once: (ok, detail, fix) for ``doctor``.
+
+    Fails (with the reason) if the device is busy, e.g. while kf-desktop
+    itself is streaming to it.
+    """
+    try:
+        import pyvirtualcam
+    except ImportError as e:
+        return False, f"pyvirtualcam not installed ({e})", "pip install pyvirtualcam"
+    try:
+        with pyvirtualcam.Camera(width, height, fps, backend=backend) as cam:
+            return True, f"{cam.device} ({cam.backend})", ""
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        detail = str(e).strip() or "no virtual camera backend for this system"
+        return False, detail, vcam_setup_hint()
+
+
 def check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
             or image.shape[2] != 3:
@@ -549,7 +568,7 @@ class PreviewSink:
         pass
 
     def stats(self) -> dict:
-        return {"frames_submitted": self._frames, "errors": self._errors,
+        return {"frames_submitted": self._frames, "frames": self._frames, "errors": self._errors,
                 "last_error": self._last_error}
 
 
@@ -571,4 +590,6 @@ class NullSink:
         pass
 
     def stats(self) -> dict:
-        return {"frames_submitted": self._frames, "last_capture_ts": self._last_ts}
+        # "frames" is an alias of "frames_submitted" (used by session tests).
+        return {"frames_submitted": self._frames, "frames": self._frames,
+                "last_capture_ts": self._last_ts}

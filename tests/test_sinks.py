@@ -16,7 +16,7 @@ import pytest
 
 from kf_desktop.errors import DeviceError, UserError
 from kf_desktop.sinks import (FrameSink, NullSink, PreviewSink, RecorderSink, VirtualCameraSink,
-                              fit_frame, vcam_setup_hint)
+                              fit_frame, probe_virtual_camera, vcam_setup_hint)
 from tests.helpers_vcam import MemoryVcam, mem_vcam  # noqa: F401  (fixture)
 
 W, H, FPS = 320, 240, 30
@@ -152,6 +152,15 @@ def test_no_v4l2loopback_driver():
     assert "v4l2loopback-dkms" in err.hint
     assert "modprobe" in str(err)  # what the CLI prints
     sink.stop()  # safe after a failed start
+
+
+def test_probe_virtual_camera(mem_vcam):
+    ok, detail, fix = probe_virtual_camera(backend=mem_vcam.name)
+    assert ok and "kf-mem-cam" in detail and fix == ""
+    assert mem_vcam.last.closed
+    if platform.system() == "Linux" and not os.path.exists("/sys/class/video4linux"):
+        ok, detail, fix = probe_virtual_camera(backend="v4l2loopback")
+        assert not ok and "v4l2loopback" in detail and "modprobe" in fix
 
 
 def test_unknown_backend_and_os_hints():
@@ -343,7 +352,7 @@ def test_preview_and_null_sinks():
     n = NullSink()
     for i in range(7):
         n.submit(solid(0), float(i))
-    assert n.stats() == {"frames_submitted": 7, "last_capture_ts": 6.0}
+    assert n.stats() == {"frames_submitted": 7, "frames": 7, "last_capture_ts": 6.0}
     assert isinstance(n, FrameSink) and isinstance(p, FrameSink)
 
 
