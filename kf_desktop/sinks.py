@@ -496,6 +496,18 @@ class RecorderSink:
             except FileNotFoundError:
                 pass
 
+    def abort(self) -> None:
+        """Give up (e.g. the render failed or was interrupted): kill the encoder
+        and remove the temporary file; ``path`` is never created."""
+        if self._done or self.tmp_path is None:
+            return
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        self._close_encoder()
+        self._discard_tmp()
+        self._done = True
+
     def stop(self) -> None:
         """Finish the file and rename it to ``path``. Raises UserError if the
         encoder fails while finishing (e.g. disk full during +faststart)."""

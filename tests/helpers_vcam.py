@@ -1,11 +1,4 @@
-"""An in-memory pyvirtualcam backend for tests (DESIGN section 7).
-
-The real ``pyvirtualcam.Camera`` front end runs (format checks, reshaping,
-backend selection); only the device is replaced. Each test gets its own
-``MemoryVcam`` (use the ``mem_vcam`` fixture), which registers a backend class
-created for it under ``name`` (default "kf_test_mem") and tracks the instances that class
-creates, so nothing leaks between tests except pyvirtualcam's own registry
-entry, which the fixture removes again.
+"""The in-memory pyvirtualcam backend as a pytest fixture (DESIGN section 7).
 
     def test_x(mem_vcam):
         sink = VirtualCameraSink(320, 240, 30, backend=mem_vcam.name)
@@ -16,88 +9,11 @@ entry, which the fixture removes again.
 
 from __future__ import annotations
 
-import collections
-import threading
-import time
-
-import numpy as np
 import pytest
-import pyvirtualcam
-from pyvirtualcam.camera import BACKENDS
-from pyvirtualcam.util import decode_fourcc
 
+from kf_desktop.vcam_memory import MemoryVcam
 
-class MemoryVcam:
-    """Factory + record of in-memory virtual camera backends for one test.
-
-    keep_last: how many sent frames each instance keeps (as (H, W, 3) arrays).
-    name: the pyvirtualcam backend name; give two live instances different names.
-    fail_after: if set, ``send`` raises RuntimeError("device lost ...") once
-        that many frames were sent (simulates an unplugged/removed device).
-    """
-
-    def __init__(self, keep_last: int = 64, fail_after: int | None = None,
-                 device_name: str = "kf-mem-cam", name: str = "kf_test_mem") -> None:
-        self.keep_last = keep_last
-        self.fail_after = fail_after
-        self.device_name = device_name
-        self.instances: list = []
-        self.name = name  # pyvirtualcam backend name (pass as backend=...)
-        self.backend_class = self._make_class()
-
-    def _make_class(self) -> type:
-        owner = self
-
-        class MemoryBackend:
-            def __init__(self, *, width: int, height: int, fps: float, fourcc: int,
-                         device: str | None, **kw) -> None:
-                fmt = decode_fourcc(fourcc)
-                if fmt != pyvirtualcam.PixelFormat.RGB.value:
-                    raise RuntimeError(f"memory backend supports RGB only, got {fmt!r}")
-                if device is not None and device != owner.device_name:
-                    raise RuntimeError(f"device {device!r} not found")
-                self.width, self.height, self.fps = width, height, fps
-                self.count = 0
-                self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=owner.keep_last)
-                self.send_times: list[float] = []
-                self.closed = False
-                self.close_calls = 0
-                self._lock = threading.Lock()
-                owner.instances.append(self)
-
-            def send(self, frame: np.ndarray) -> None:
-                # pyvirtualcam passes a 1-D C-contiguous view of the caller's array
-                if owner.fail_after is not None and self.count >= owner.fail_after:
-                    raise RuntimeError("device lost (simulated)")
-                img = frame.reshape(self.height, self.width, 3).copy()
-                with self._lock:
-                    self.count += 1
-                    self.frames.append(img)
-                    self.send_times.append(time.monotonic())
-
-            def close(self) -> None:
-                self.closed = True
-                self.close_calls += 1
-
-            def device(self) -> str:
-                return owner.device_name
-
-            def native_fourcc(self):
-                return None
-
-        return MemoryBackend
-
-    def register(self) -> str:
-        pyvirtualcam.register_backend(self.name, self.backend_class)
-        return self.name
-
-    def unregister(self) -> None:
-        BACKENDS.pop(self.name, None)
-
-    @property
-    def last(self):
-        assert self.instances, "no virtual camera was opened"
-        return self.instances[-1]
+__all__ = ["MemoryVcam", "mem_vcam"]
 
 
 @pytest.fixture
