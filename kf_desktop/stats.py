@@ -23,6 +23,13 @@ class RollingStats:
         self._ticks: dict[str, deque[float]] = {}
         self._counters: dict[str, int] = {}
 
+    def reset(self) -> None:
+        """Forget every sample (e.g. after a warm-up)."""
+        with self._lock:
+            self._series.clear()
+            self._ticks.clear()
+            self._counters.clear()
+
     def add(self, name: str, value: float) -> None:
         with self._lock:
             q = self._series.get(name)

@@ -1,0 +1,65 @@
+"""The generator stage: turns motion-guide crops into output crops.
+
+Two implementations share one small interface so the session runtime does not
+care which one runs:
+- ``GuideOnlyGenerator``: the warp itself (the honest baseline and the
+  fallback on machines too slow for the neural generator);
+- ``KnotForcingGenerator``: the Knot Forcing stream from engine/ (frames come
+  out in chunks of ``c``, so pushes return 0 or ``c`` frames).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Generator(Protocol):
+    name: str
+    #: True only for a neural model loaded from trained weights.
+    trained: bool
+
+    def set_reference(self, crop: torch.Tensor) -> None:
+        """crop: (3, S, S) float in [0, 1], the portrait's head crop."""
+
+    def push(self, guide: torch.Tensor) -> list[torch.Tensor]:
+        """guide: (3, S, S) in [0, 1]. Returns the frames now ready, oldest
+        first, each (3, S, S) in [0, 1]; frame i answers the i-th oldest
+        guide not yet answered."""
+
+    def flush(self) -> list[torch.Tensor]:
+        """Finish any partial chunk at the end of a finite stream."""
+
+    def reset(self) -> None:
+        """Forget history (e.g. after a long source outage)."""
+
+
+class GuideOnlyGenerator:
+    """Passes the motion guide through unchanged."""
+
+    name = "guide-only"
+    trained = False
+
+    def set_reference(self, crop: torch.Tensor) -> None:
+        pass
+
+    def push(self, guide: torch.Tensor) -> list[torch.Tensor]:
+        return [guide]
+
+    def flush(self) -> list[torch.Tensor]:
+        return []
+
+    def reset(self) -> None:
+        pass
+
+
+def make_generator(mode: str, device: str) -> Generator:
+    """'guide' -> GuideOnlyGenerator; 'generator' -> the Knot Forcing model."""
+    if mode == "guide":
+        return GuideOnlyGenerator()
+    if mode == "generator":
+        from kf_desktop.kf_generator import load_knot_forcing
+
+        return load_knot_forcing(device)
+    raise ValueError(f"unknown generator mode {mode!r}")

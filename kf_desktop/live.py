@@ -1,0 +1,77 @@
+"""`kf-desktop run`: headless live streaming with a status line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from kf_desktop.compute import resolve_device
+from kf_desktop.errors import UserError
+from kf_desktop.generators import make_generator
+from kf_desktop.session import Session, SessionConfig, SessionEvent
+from kf_desktop.sinks import NullSink, RecorderSink, VirtualCameraSink
+from kf_desktop.sources import CameraSource, VideoFileSource
+
+
+def status_line(snap: dict) -> str:
+    fps = snap["fps"].get("output", 0.0)
+    lat = snap["ms"].get("latency", {})
+    stages = " ".join(f"{k}={v['p50']:.1f}" for k, v in snap["ms"].items()
+                      if k != "latency" and v)
+    return (f"out {fps:5.1f} fps | latency p50 {lat.get('p50', 0):5.1f} ms "
+            f"p95 {lat.get('p95', 0):5.1f} ms | ms: {stages}")
+
+
+def run_live(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    w, h = args.size
+    if args.video:
+        video = Path(args.video)
+
+        def source_factory():
+            return VideoFileSource(video, realtime=True, loop=True)
+    else:
+        def source_factory():
+            return CameraSource(args.camera, size=(1280, 720), fps=30)
+
+    sinks = []
+    if args.vcam:
+        sinks.append(VirtualCameraSink(w, h, args.fps))
+    if args.record:
+        sinks.append(RecorderSink(Path(args.record), w, h, args.fps))
+    if not sinks:
+        sinks.append(NullSink())
+
+    def on_event(ev: SessionEvent) -> None:
+        line = f"[{ev.level}] {ev.message}"
+        if ev.hint:
+            line += f" (fix: {ev.hint})"
+        print(line, file=sys.stderr, flush=True)
+
+    generator_factory = (lambda: make_generator(args.mode, device))
+    config = SessionConfig(portrait=args.portrait, source_factory=source_factory,
+                           out_size=(w, h), fps=args.fps, device=device,
+                           generator_factory=generator_factory)
+    session = Session(config, sinks, on_event=on_event)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        print("loading portrait and opening devices...", file=sys.stderr, flush=True)
+        session.start()
+        if args.vcam:
+            print(f"virtual camera is live ({w}x{h} @ {args.fps:g} fps); "
+                  "select it in Zoom/Teams/Meet/OBS. Ctrl-C stops.", file=sys.stderr)
+        t_end = time.monotonic() + args.seconds if args.seconds else float("inf")
+        while not stop.wait(1.0) and time.monotonic() < t_end:
+            print(status_line(session.snapshot()), file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        session.stop()
+    errors = [e for e in session.events() if e.level == "error"]
+    if errors:
+        raise UserError(errors[-1].message, errors[-1].hint)
+    return 0

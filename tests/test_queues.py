@@ -1,0 +1,42 @@
+import threading
+import time
+
+import pytest
+
+from kf_desktop.queues import DropOldestQueue
+from kf_desktop.stats import RollingStats
+
+
+def test_drop_oldest_keeps_the_newest_two():
+    q = DropOldestQueue(2)
+    for i in range(5):
+        q.put(i)
+    assert len(q) == 2 and q.dropped == 3
+    assert q.get(0) == 3 and q.get(0) == 4
+    assert q.get(0.01) is None
+
+
+def test_get_wakes_when_an_item_arrives():
+    q = DropOldestQueue(2)
+    t0 = time.monotonic()
+    threading.Timer(0.05, q.put, args=("x",)).start()
+    assert q.get(timeout=2.0) == "x"
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_bad_size():
+    with pytest.raises(ValueError):
+        DropOldestQueue(0)
+
+
+def test_rolling_stats_percentiles_and_rate():
+    st = RollingStats(window=100)
+    for v in range(1, 101):
+        st.add("x", v)
+    p = st.percentiles("x")
+    assert 49 <= p["p50"] <= 52 and p["p95"] >= 94
+    for i in range(11):
+        st.tick("out", 10.0 + i * 0.1)
+    assert st.rate("out") == pytest.approx(10.0)
+    snap = st.snapshot()
+    assert "x" in snap["ms"] and snap["fps"]["out"] == pytest.approx(10.0)
