@@ -1,0 +1,440 @@
+"""Wires the main window to the session bridge, the device watcher, the
+settings and the hotkeys. Everything here runs on the GUI thread and only
+does quick things: slow work is the bridge's (worker thread)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+from PySide6.QtCore import QObject, QUrl, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QGuiApplication, QImage, QKeySequence
+from PySide6.QtWidgets import QApplication, QComboBox, QMessageBox
+
+from ui import diagnostics
+from ui.device_pickers import DeviceWatcher
+from ui.hotkeys import HOTKEYS, make_actions
+from ui.logs import LogSetup
+from ui.main_window import MainWindow
+from ui.options import StreamOptions, uses_camera, uses_mic
+from ui.pause_frame import make_pause_still, qimage_to_rgb
+from ui.services import Services
+from ui.session_bridge import RUNNING, STOPPED, Notice, SessionBridge
+from ui.settings_store import SettingsStore
+from ui.vcam_slot import VcamStatus
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_SIZE = 720
+#: Notices shown only in the status bar (no banner).
+QUIET = {"started", "stopped", "neutral_reset", "source_ended", "portrait_switched"}
+
+
+def _select_data(combo: QComboBox, value: object) -> None:
+    # findData() cannot compare Python tuples held in QVariants: compare here.
+    for i in range(combo.count()):
+        if combo.itemData(i) == value:
+            combo.setCurrentIndex(i)
+            return
+
+
+class Controller(QObject):
+    _diagnostics_ready = Signal(str)
+    _unexpected = Signal(str)
+
+    def __init__(self, services: Services | None = None, settings: SettingsStore | None = None,
+                 log_setup: LogSetup | None = None, device_poll_ms: int = 3000) -> None:
+        super().__init__()
+        self.services = services or Services()
+        self.settings = settings or SettingsStore()
+        self.log_setup = log_setup
+        s = self.settings
+        self.window = w = MainWindow({hk.id: s.hotkey(hk.id, hk.default) for hk in HOTKEYS})
+        self.bridge = SessionBridge(self.services, parent=self)
+        self.watcher = DeviceWatcher(self.services.list_cameras, self.services.list_microphones,
+                                     interval_ms=device_poll_ms, parent=self)
+        self._vcam_hint = ""
+        self._closed = False
+        self._load_settings()
+        self.bridge.update_options(self.options())
+
+        # -- widgets -> settings + bridge
+        w.start_button.clicked.connect(self.bridge.toggle)
+        w.pause_button.clicked.connect(self._on_pause_clicked)
+        w.reset_button.clicked.connect(self.bridge.reset_neutral)
+        w.preview_mirror_check.toggled.connect(self._on_preview_mirror)
+        w.portrait_picker.portrait_requested.connect(self.request_portrait)
+        w.portrait_picker.forget_requested.connect(self._forget_portrait)
+        w.portrait_picker.thumbs.loaded.connect(self._on_thumb)
+        w.file_dropped.connect(self.request_portrait)
+        w.mode_combo.currentIndexChanged.connect(self._on_option_widget)
+        w.camera_combo.selection_changed.connect(self._on_option_widget)
+        w.mic_combo.selection_changed.connect(self._on_option_widget)
+        w.vcam_check.toggled.connect(self._on_option_widget)
+        w.output_mirror_check.toggled.connect(self._on_option_widget)
+        w.size_combo.currentIndexChanged.connect(self._on_option_widget)
+        w.generator_combo.currentIndexChanged.connect(self._on_option_widget)
+        w.device_combo.currentIndexChanged.connect(self._on_option_widget)
+        w.gains_panel.gains_changed.connect(self._on_option_widget)
+        w.vcam_fix_button.clicked.connect(self._show_vcam_fix)
+        w.closing.connect(self._on_close)
+
+        # -- bridge -> widgets
+        b = self.bridge
+        b.state_changed.connect(self._on_state)
+        b.busy.connect(w.preview.set_busy)
+        b.notice.connect(self._on_notice)
+        b.frame_ready.connect(self._on_frame)
+        b.portrait_checking.connect(w.portrait_picker.set_checking)
+        b.portrait_accepted.connect(self._on_portrait_accepted)
+        b.portrait_rejected.connect(lambda p, m, h: w.portrait_picker.set_rejected(p, m))
+        b.vcam_changed.connect(self._on_vcam)
+        b.stats_updated.connect(self._on_stats)
+        self.watcher.cameras_changed.connect(self._on_cameras)
+        self.watcher.microphones_changed.connect(self._on_microphones)
+        self._diagnostics_ready.connect(self._on_diagnostics)
+        self._unexpected.connect(self._on_unexpected)
+
+        # -- hotkeys and menus
+        self.actions = make_actions(w, {
+            "start_stop": self.bridge.toggle,
+            "pause": self.toggle_pause,
+            "reset_pose": self.bridge.reset_neutral,
+            "mirror": w.preview_mirror_check.toggle,
+        }, lookup=s.hotkey)
+        open_act = self._action("Open portrait…", w.portrait_picker.choose_file, "Ctrl+O")
+        quit_act = self._action("Quit", w.close, "Ctrl+Q")
+        w.add_menu_actions("file", [open_act, None, quit_act])
+        w.add_menu_actions("stream", [self.actions["start_stop"], self.actions["pause"],
+                                      self.actions["reset_pose"], None, self.actions["mirror"]])
+        self.copy_diagnostics_action = self._action("Copy diagnostics", self.copy_diagnostics)
+        w.add_menu_actions("help", [
+            self.copy_diagnostics_action,
+            self._action("Open log folder", self.open_log_folder),
+            None,
+            self._action("About kf-desktop", self._about),
+        ])
+
+        self._on_state(STOPPED)
+        self._on_vcam(VcamStatus("off"))
+        self._update_enabled()
+        self.watcher.start()
+
+    # -- construction helpers -------------------------------------------------
+    def _action(self, text: str, slot: Callable, key: str = "") -> QAction:
+        a = QAction(text, self.window)
+        if key:
+            a.setShortcut(QKeySequence(key))
+        a.triggered.connect(lambda _c=False: slot())
+        self.window.addAction(a)
+        return a
+
+    def _load_settings(self) -> None:
+        s, w = self.settings, self.window
+        portrait = s.portrait
+        if not portrait or not Path(portrait).exists():
+            if portrait:
+                s.remove_recent(portrait)
+            portrait = self.services.default_portrait
+        self.bridge.set_portrait_path(portrait)
+        w.portrait_picker.set_current(portrait)
+        w.portrait_picker.set_recent([p for p in s.recent_portraits if Path(p).exists()])
+        w.portrait_picker.thumbs.request(portrait, PLACEHOLDER_SIZE)
+        for combo, value in ((w.mode_combo, s.mode), (w.generator_combo, s.generator),
+                             (w.device_combo, s.compute_device), (w.size_combo, s.out_size)):
+            combo.blockSignals(True)
+            _select_data(combo, value)
+            combo.blockSignals(False)
+        w.camera_combo.set_wanted(s.camera)
+        w.mic_combo.set_wanted(s.microphone)
+        for check, value in ((w.vcam_check, s.vcam_enabled), (w.output_mirror_check, s.output_mirror),
+                             (w.preview_mirror_check, s.preview_mirror)):
+            check.blockSignals(True)
+            check.setChecked(value)
+            check.blockSignals(False)
+        w.preview.set_mirror(s.preview_mirror)
+        w.gains_panel.set_gains(s.gains)
+        if s.geometry is not None:
+            w.restoreGeometry(s.geometry)
+        else:
+            w.resize(1240, 780)
+        if s.window_state is not None:
+            w.restoreState(s.window_state)
+
+    def options(self) -> StreamOptions:
+        w = self.window
+        return StreamOptions(
+            portrait=self.bridge.portrait_path,
+            mode=w.mode_combo.currentData(),
+            camera=w.camera_combo.selected(),
+            mic=w.mic_combo.selected(),
+            generator=w.generator_combo.currentData(),
+            device=w.device_combo.currentData(),
+            out_size=tuple(w.size_combo.currentData()),
+            vcam_enabled=w.vcam_check.isChecked(),
+            output_mirror=w.output_mirror_check.isChecked(),
+            gains=w.gains_panel.gains(),
+        )
+
+    # -- user changes ----------------------------------------------------------
+    def _on_option_widget(self, *_args) -> None:
+        w, s = self.window, self.settings
+        s.mode = w.mode_combo.currentData()
+        s.camera = w.camera_combo.wanted_name
+        s.microphone = w.mic_combo.wanted_name
+        s.vcam_enabled = w.vcam_check.isChecked()
+        s.output_mirror = w.output_mirror_check.isChecked()
+        s.out_size = w.size_combo.currentData()
+        s.generator = w.generator_combo.currentData()
+        s.compute_device = w.device_combo.currentData()
+        s.gains = w.gains_panel.gains()
+        self._update_enabled()
+        if not w.vcam_check.isChecked():
+            self.window.banners.dismiss("vcam_missing")
+        self.bridge.update_options(self.options())
+        if self.bridge.state == STOPPED:
+            self._on_vcam(VcamStatus("off"))
+
+    def _on_cameras(self, devices: list) -> None:
+        self.window.camera_combo.set_devices(devices)
+        self.bridge.update_options(self.options())  # a camera that came back is used again
+
+    def _on_microphones(self, devices: list) -> None:
+        self.window.mic_combo.set_devices(devices)
+        self.bridge.update_options(self.options())
+
+    def _update_enabled(self) -> None:
+        w = self.window
+        mode = w.mode_combo.currentData()
+        w.camera_combo.setEnabled(uses_camera(mode))
+        w.mic_combo.setEnabled(uses_mic(mode))
+
+    def _on_preview_mirror(self, on: bool) -> None:
+        self.window.preview.set_mirror(on)
+        self.settings.preview_mirror = on
+
+    def request_portrait(self, path: str) -> None:
+        self.window.banners.dismiss("portrait_rejected")
+        self.bridge.request_portrait(path)
+
+    def _forget_portrait(self, path: str) -> None:
+        self.settings.remove_recent(path)
+        self.window.portrait_picker.set_recent(self.settings.recent_portraits)
+        self._banner(Notice("warning", "portrait_missing", f"{Path(path).name} is no longer there",
+                            "it was moved or deleted; removed from the recent list"))
+
+    def set_mode(self, mode: str) -> None:
+        _select_data(self.window.mode_combo, mode)
+
+    def set_generator(self, gen: str) -> None:
+        _select_data(self.window.generator_combo, gen)
+
+    # -- pause -----------------------------------------------------------------
+    def toggle_pause(self) -> None:
+        self.set_paused(not self.bridge.paused)
+
+    def _on_pause_clicked(self, checked: bool) -> None:
+        self.set_paused(checked)
+
+    def set_paused(self, paused: bool) -> None:
+        w = self.window
+        if paused and self.bridge.state != RUNNING:
+            w.pause_button.setChecked(False)
+            return
+        if paused:
+            src = w.preview.current_image or self._placeholder_image()
+            still = make_pause_still(src, self.options().out_size)
+            self.bridge.set_paused(True, qimage_to_rgb(still))
+            w.preview.set_paused(True, still)
+        else:
+            self.bridge.set_paused(False)
+            w.preview.set_paused(False)
+        w.pause_button.setChecked(paused)
+        w.pause_button.setText("Resume" if paused else "Pause")
+
+    def _placeholder_image(self) -> QImage | None:
+        return self.window.preview.placeholder
+
+    # -- bridge events -----------------------------------------------------------
+    def _on_state(self, state: str) -> None:
+        w = self.window
+        w.set_state_text(state)
+        w.preview.set_live(state == RUNNING)
+        if state == STOPPED:
+            if self.bridge.paused:
+                self.set_paused(False)
+            w.stats_label.setText("")
+            w.preview.set_busy("")
+            key = self.window.hotkey_text["start_stop"]
+            w.preview.set_idle_text(f"Press Start ({key}) to go live")
+
+    def _on_frame(self) -> None:
+        frame = self.bridge.take_frame()
+        if frame is not None and self.bridge.state == RUNNING and not self.bridge.paused:
+            self.window.preview.set_frame(frame.image, frame.capture_ts)
+
+    def _on_portrait_accepted(self, path: str) -> None:
+        picker = self.window.portrait_picker
+        picker.set_current(path)
+        self.settings.portrait = path
+        picker.set_recent([p for p in self.settings.recent_portraits if Path(p).exists()])
+        picker.thumbs.request(path, PLACEHOLDER_SIZE)
+        self.window.statusBar().showMessage(f"Portrait: {Path(path).name}", 4000)
+
+    def _on_thumb(self, path: str, size: int, img: QImage) -> None:
+        if size == PLACEHOLDER_SIZE and path == self.bridge.portrait_path and not img.isNull():
+            self.window.preview.set_placeholder(img)
+
+    def _on_vcam(self, st: VcamStatus) -> None:
+        w = self.window
+        if st.state == "error":
+            self._vcam_hint = st.hint
+            w.set_vcam_text("error", "Not available", f"{st.message}\n\nFix: {st.hint}")
+        elif st.state == "on":
+            w.banners.dismiss("vcam_missing")
+            w.banners.dismiss("vcam_failed")
+            w.set_vcam_text("on", st.text, f"{st.device} ({st.backend})")
+        elif w.vcam_check.isChecked():
+            w.set_vcam_text("off", "Starts with the stream")
+        else:
+            w.set_vcam_text("off", "Off")
+
+    def _on_stats(self, snap: dict) -> None:
+        w = self.window
+        fps = snap.get("fps") or {}
+        lat = (snap.get("ms") or {}).get("latency") or {}
+        w.preview.set_engine_fps(fps.get("engine"))
+        parts = []
+        if "output" in fps:
+            parts.append(f"output {fps['output']:.1f} fps")
+        if lat.get("p50") is not None:
+            parts.append(f"latency p50 {lat['p50']:.0f} ms, p95 {lat.get('p95', 0):.0f} ms")
+        vc = snap.get("vcam") or {}
+        if vc.get("open") and vc.get("send_fps"):
+            parts.append(f"virtual camera {vc['send_fps']:.1f} fps")
+        w.stats_label.setText("   ·   ".join(parts))
+
+    def _on_notice(self, n: Notice) -> None:
+        w = self.window
+        if n.code == "source_restored":
+            w.banners.dismiss("source_lost")
+            w.banners.dismiss("camera_failed")
+        if n.code == "started":
+            w.banners.dismiss("start_failed")
+        if n.code in QUIET:
+            w.statusBar().showMessage(n.message, 4000)
+            return
+        self._banner(n)
+
+    def _banner(self, n: Notice) -> None:
+        self.window.banners.show_banner(n.level, n.code, n.message, n.hint, self._actions_for(n))
+
+    def _actions_for(self, n: Notice) -> list[tuple[str, Callable[[], None]]]:
+        w = self.window
+        diag = ("Copy diagnostics", self.copy_diagnostics)
+        choose_cam = ("Choose camera", lambda: (w.camera_combo.setFocus(), w.camera_combo.showPopup()))
+        return {
+            "no_camera": [("Use microphone only", lambda: self.set_mode("mic")),
+                          ("Check again", self.watcher.refresh)],
+            "camera_failed": [choose_cam],
+            "source_lost": [choose_cam],
+            "no_mic": [("Check again", self.watcher.refresh)],
+            "vcam_missing": [("Copy fix", lambda: self._copy(n.hint, "Fix copied")),
+                             ("Retry", self.bridge.retry_vcam)],
+            "vcam_failed": [("Retry", self.bridge.retry_vcam)],
+            "portrait_rejected": [("Choose another photo", w.portrait_picker.choose_file)],
+            "generator_unavailable": [("Use guide only", lambda: self.set_generator("guide"))],
+            "start_failed": [diag],
+            "internal_error": [diag],
+            "unexpected_error": [diag],
+        }.get(n.code, [])
+
+    def _show_vcam_fix(self) -> None:
+        self._banner(Notice("warning", "vcam_missing", "No virtual camera driver",
+                            self._vcam_hint or self.services.vcam_fix()))
+
+    def _copy(self, text: str, done: str) -> None:
+        QGuiApplication.clipboard().setText(text)
+        self.window.statusBar().showMessage(done, 3000)
+
+    # -- diagnostics ---------------------------------------------------------------
+    def diagnostics_input(self) -> diagnostics.DiagnosticsInput:
+        w = self.window
+        opts = self.options()
+        snap = self.bridge.snapshot() if self.bridge.state == RUNNING else {}
+        from PySide6 import __version__ as pyside_version
+        from PySide6.QtCore import qVersion
+
+        return diagnostics.DiagnosticsInput(
+            cameras=[d.name for d in w.camera_combo.devices()],
+            microphones=[d.name for d in w.mic_combo.devices()],
+            selected_camera=w.camera_combo.wanted_name or (opts.camera.name if opts.camera else ""),
+            selected_mic=w.mic_combo.wanted_name or (opts.mic.name if opts.mic else ""),
+            options={"mode": opts.mode, "generator": opts.generator, "device": opts.device,
+                     "out_size": opts.out_size, "vcam": opts.vcam_enabled,
+                     "output_mirror": opts.output_mirror, "gains": opts.gains,
+                     "portrait": opts.portrait},
+            state=self.bridge.state, vcam=w.vcam_status.text(), snapshot=snap,
+            log_lines=self.log_setup.recent.lines() if self.log_setup else [],
+            log_path=str(self.log_setup.path) if self.log_setup and self.log_setup.path else "",
+            qt=f"Qt {qVersion()}, PySide6 {pyside_version}",
+            platform_plugin=QGuiApplication.platformName())
+
+    def copy_diagnostics(self) -> None:
+        inp = self.diagnostics_input()
+
+        def work() -> None:
+            try:
+                text = diagnostics.collect(inp)
+            except Exception as e:
+                log.exception("collecting diagnostics failed")
+                text = f"collecting diagnostics failed: {e}"
+            self._diagnostics_ready.emit(text)
+
+        threading.Thread(target=work, name="ui-diagnostics", daemon=True).start()
+
+    def _on_diagnostics(self, text: str) -> None:
+        self.last_diagnostics = text
+        QGuiApplication.clipboard().setText(text)
+        self._banner(Notice("info", "diagnostics", "Diagnostics copied to the clipboard",
+                            "paste them into your bug report"))
+
+    def open_log_folder(self) -> None:
+        if self.log_setup and self.log_setup.path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.log_setup.path.parent)))
+
+    def _about(self) -> None:
+        from kf_desktop import __version__
+
+        QMessageBox.about(self.window, "About kf-desktop",
+                          f"<b>kf-desktop {__version__}</b><br>One portrait photo becomes a live, "
+                          "talking virtual webcam.<br>Apache-2.0")
+
+    # -- unexpected errors (any thread) -----------------------------------------------
+    def report_unexpected(self, text: str) -> None:
+        self._unexpected.emit(text)
+
+    def _on_unexpected(self, text: str) -> None:
+        self._banner(Notice("error", "unexpected_error", text,
+                            "the stream keeps running; the details are in the log"))
+
+    # -- shutdown -------------------------------------------------------------------
+    def _on_close(self, event: QCloseEvent) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        w, s = self.window, self.settings
+        s.geometry = w.saveGeometry()
+        s.window_state = w.saveState()
+        s.sync()
+        w.hide()
+        QApplication.processEvents()
+        self.watcher.shutdown()
+        w.portrait_picker.thumbs.shutdown()
+        self.bridge.shutdown()
+        s.sync()

@@ -1,0 +1,543 @@
+"""A QObject that owns the kf_desktop Session and speaks Qt signals.
+
+Threads:
+- the GUI thread calls the public methods; they return at once;
+- one worker thread ("ui-worker") runs everything slow, in order: loading
+  the model, checking a photo, starting, restarting and stopping the session,
+  opening the virtual camera;
+- the session's own threads call back: ``_on_event`` (any of them) and
+  ``_on_preview`` (its output thread), which turns the frame into a QImage
+  right there, keeps only the newest one and emits ``frame_ready`` only when
+  the GUI has taken the previous one, so a busy GUI drops preview frames
+  instead of queueing them.
+Signals emitted from those threads reach GUI-thread slots as queued calls.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QImage
+
+from kf_desktop.errors import UserError
+from ui.options import StreamOptions, uses_camera, uses_mic
+from ui.services import Services
+from ui.vcam_slot import VcamSlot, VcamStatus
+
+log = logging.getLogger(__name__)
+
+STOPPED, STARTING, RUNNING, STOPPING = "stopped", "starting", "running", "stopping"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A SessionEvent, or one the bridge makes itself (same fields)."""
+
+    level: str  # "info" | "warning" | "error"
+    code: str
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class PreviewFrame:
+    image: QImage
+    capture_ts: float  # time.monotonic() of the driving frame
+    arrived: float  # time.monotonic() when the output thread handed it over
+
+
+class _ReportingSource:
+    """Wraps a frame source to remember why ``open`` failed, so the bridge can
+    tell "the camera would not open" from other start failures."""
+
+    def __init__(self, inner: Any, on_open_error: Callable[[BaseException], None]) -> None:
+        self._inner = inner
+        self._on_open_error = on_open_error
+
+    def open(self) -> None:
+        try:
+            self._inner.open()
+        except BaseException as e:
+            self._on_open_error(e)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> "_ReportingSource":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
+
+
+class SessionBridge(QObject):
+    state_changed = Signal(str)
+    busy = Signal(str)  # what the worker is doing; "" when done
+    notice = Signal(object)  # Notice
+    frame_ready = Signal()  # call take_frame()
+    portrait_checking = Signal(str)
+    portrait_accepted = Signal(str)
+    portrait_rejected = Signal(str, str, str)  # path, message, hint
+    vcam_changed = Signal(object)  # VcamStatus
+    stats_updated = Signal(object)  # dict: Session.snapshot() + "preview"
+
+    def __init__(self, services: Services | None = None, options: StreamOptions | None = None,
+                 parent: QObject | None = None, stats_interval_ms: int = 500) -> None:
+        super().__init__(parent)
+        self.services = services or Services()
+        self._opts_lock = threading.Lock()
+        self._opts = options or StreamOptions()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ui-worker")
+        self._state = STOPPED
+        self._session: Any = None
+        self._session_opts: StreamOptions | None = None  # as resolved at start
+        self._slot = VcamSlot(self._make_vcam, mirror=self._opts.output_mirror)
+        self._portrait_path = self._opts.portrait or self.services.default_portrait
+        self._portrait_obj: Any = None  # validated Portrait for _portrait_path
+        self._paused = False
+        self._frame_lock = threading.Lock()
+        self._latest: PreviewFrame | None = None
+        self._frame_pending = False
+        self.preview_frames = 0
+        self.preview_dropped = 0
+        self._closed = False
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setInterval(stats_interval_ms)
+        self._stats_timer.timeout.connect(self._poll_stats)
+        # Emitted from the worker, delivered here on the GUI thread (queued).
+        self.state_changed.connect(self._on_state)
+
+    # -- public, GUI thread -------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._state == RUNNING
+
+    @property
+    def options(self) -> StreamOptions:
+        with self._opts_lock:
+            return self._opts
+
+    @property
+    def session(self) -> Any:
+        """The running kf_desktop Session, or None (read-only use)."""
+        return self._session
+
+    @property
+    def portrait_path(self) -> str:
+        return self._portrait_path
+
+    @property
+    def vcam(self) -> VcamSlot:
+        return self._slot
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def start(self) -> None:
+        if self._state in (STOPPED, STOPPING):
+            self._set_state(STARTING)
+            self._submit(self._op_start)
+
+    def stop(self) -> None:
+        if self._state in (STARTING, RUNNING):
+            self._set_state(STOPPING)
+            self._submit(self._op_stop)
+
+    def toggle(self) -> None:
+        self.stop() if self._state in (STARTING, RUNNING) else self.start()
+
+    def update_options(self, opts: StreamOptions) -> None:
+        """Apply what can change live; restart the session for the rest."""
+        with self._opts_lock:
+            old, self._opts = self._opts, opts
+        if opts.gains != old.gains:
+            self._apply_gains(opts.gains)
+        if opts.output_mirror != old.output_mirror:
+            self._slot.set_mirror(opts.output_mirror)
+        if opts.vcam_enabled != old.vcam_enabled:
+            self._submit(self._op_vcam)
+        if self._state in (STARTING, RUNNING):
+            self._submit(self._op_restart)  # decides on the worker, after a pending start
+
+    def set_portrait_path(self, path: str) -> None:
+        """The portrait to start with, unchecked (it was accepted before; the
+        session checks it again when it starts)."""
+        if path != self._portrait_path:
+            self._portrait_path, self._portrait_obj = path, None
+
+    def retry_vcam(self) -> None:
+        if self.options.vcam_enabled:
+            self._submit(self._op_vcam)
+
+    def request_portrait(self, path: str) -> None:
+        """Check the photo off the GUI thread; swap it in if the stream runs.
+        A refused photo leaves the current one in place."""
+        self.portrait_checking.emit(str(path))
+        self._submit(lambda: self._op_portrait(str(path)))
+
+    def reset_neutral(self) -> None:
+        if self._session is not None:
+            self._session.reset_neutral()
+            self.notice.emit(Notice("info", "neutral_reset", "Neutral pose reset to your current pose"))
+
+    def set_paused(self, paused: bool, still: np.ndarray | None = None) -> None:
+        """Privacy pause: the stream keeps running (no reconnects in the
+        meeting) but the virtual camera shows ``still`` instead of the avatar."""
+        self._paused = bool(paused)
+        if paused and still is not None:
+            self._slot.pause(still)
+        elif not paused:
+            self._slot.resume()
+        session = self._session
+        if session is not None and hasattr(session, "set_paused"):
+            session.set_paused(bool(paused))
+
+    def take_frame(self) -> PreviewFrame | None:
+        """The newest preview frame not yet taken (GUI thread)."""
+        with self._frame_lock:
+            frame, self._latest = self._latest, None
+            self._frame_pending = False
+        return frame
+
+    def snapshot(self) -> dict:
+        session = self._session
+        snap = session.snapshot() if session is not None else {}
+        snap["preview"] = {"frames": self.preview_frames, "dropped": self.preview_dropped}
+        snap["vcam"] = self._slot.stats()
+        return snap
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop everything (blocks up to ``timeout``; called when the window closes)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stats_timer.stop()
+        fut = self._pool.submit(self._op_stop)
+        try:
+            fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            log.warning("the stream did not stop within %.0f s", timeout)
+        except Exception:
+            log.exception("stopping the stream failed")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until every queued worker job is done (tests, shutdown)."""
+        try:
+            self._pool.submit(lambda: None).result(timeout)
+            return True
+        except concurrent.futures.TimeoutError:
+            return False
+
+    # -- helpers -------------------------------------------------------------
+    def _submit(self, fn: Callable[[], None]) -> None:
+        if self._closed:
+            return
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception as e:  # never let a worker job die silently
+                log.exception("background job failed")
+                self._notify("error", "internal_error", f"something went wrong: {e}",
+                             "the details are in the log; Help > Copy diagnostics")
+            finally:
+                self.busy.emit("")
+
+        self._pool.submit(run)
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            self.state_changed.emit(state)
+
+    def _notify(self, level: str, code: str, message: str, hint: str = "") -> None:
+        log.log({"error": logging.ERROR, "warning": logging.WARNING}.get(level, logging.INFO),
+                "%s: %s%s", code, message, f" (fix: {hint})" if hint else "")
+        self.notice.emit(Notice(level, code, message, hint))
+
+    def _on_event(self, ev: Any) -> None:
+        """SessionEvent from any session thread."""
+        if ev.code in ("started", "stopped", "portrait_switched"):
+            return  # the bridge reports these itself, with better words
+        self._notify(ev.level, ev.code, ev.message, getattr(ev, "hint", ""))
+
+    def _make_vcam(self, mirror: bool) -> Any:
+        return self.services.make_vcam(self.options, mirror)
+
+    def _apply_gains(self, gains: dict) -> None:
+        session = self._session
+        if session is not None:
+            session.set_gains(self.services.make_gains(gains))
+
+    # -- preview, called on the session's output thread ------------------------
+    def _on_preview(self, image: np.ndarray, capture_ts: float) -> None:
+        if self._paused:
+            return
+        image = np.ascontiguousarray(image)
+        h, w = image.shape[:2]
+        qimg = QImage(image.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+        frame = PreviewFrame(qimg, capture_ts, time.monotonic())
+        with self._frame_lock:
+            if self._latest is not None:
+                self.preview_dropped += 1
+            self._latest = frame
+            self.preview_frames += 1
+            notify = not self._frame_pending
+            self._frame_pending = True
+        if notify:
+            self.frame_ready.emit()
+
+    def _on_state(self, state: str) -> None:
+        if state == RUNNING and not self._closed:
+            self._stats_timer.start()
+        elif state == STOPPED:
+            self._stats_timer.stop()
+
+    def _poll_stats(self) -> None:
+        if self._session is None:
+            return
+        failure = self._slot.new_failure()
+        if failure is not None:
+            self.vcam_changed.emit(failure)
+            self._notify("error", "vcam_failed", failure.message, failure.hint)
+        try:
+            self.stats_updated.emit(self.snapshot())
+        except Exception:
+            log.exception("stats snapshot failed")
+
+    # -- worker jobs (ui-worker thread) ----------------------------------------
+    def _op_start(self) -> None:
+        if self._session is not None:
+            self._set_state(RUNNING)
+            return
+        opts = self.options
+        try:
+            self._start_session(opts)
+        except UserError as e:
+            self._fail_start(e.message, e.hint)
+            return
+        except Exception as e:
+            log.exception("could not start the stream")
+            self._fail_start(f"could not start the stream: {e}",
+                             "the details are in the log; Help > Copy diagnostics")
+            return
+        self._set_state(RUNNING)
+        self._notify("info", "started", "Stream started")
+
+    def _fail_start(self, message: str, hint: str) -> None:
+        self._slot.close()
+        self.vcam_changed.emit(self._slot.status())
+        self._set_state(STOPPED)
+        self._notify("error", "start_failed", message, hint)
+
+    def _op_stop(self) -> None:
+        was = self._session is not None
+        self._stop_session()
+        self._slot.close()
+        self.vcam_changed.emit(self._slot.status())
+        self._set_state(STOPPED)
+        if was:
+            self._notify("info", "stopped", "Stream stopped")
+
+    def _needs_restart(self, opts: StreamOptions) -> bool:
+        old = self._session_opts
+        if self._session is None or old is None:
+            return False
+        # A chosen device unplugged mid-stream is the session's to reopen
+        # (source_lost / source_restored), not a reason to restart it.
+        if opts.camera and opts.camera.key is None and old.camera \
+                and opts.camera.name == old.camera.name:
+            opts = opts.with_(camera=old.camera)
+        if opts.mic and opts.mic.key is None and old.mic and opts.mic.name == old.mic.name:
+            opts = opts.with_(mic=old.mic)
+        return opts.restart_key() != old.restart_key()
+
+    def _op_restart(self) -> None:
+        opts = self.options
+        if not self._needs_restart(opts):
+            return
+        self._set_state(STARTING)
+        self.busy.emit("Applying the new settings…")
+        self._stop_session()
+        try:
+            self._start_session(opts)
+        except UserError as e:
+            self._fail_start(e.message, e.hint)
+            return
+        except Exception as e:
+            log.exception("could not restart the stream")
+            self._fail_start(f"could not restart the stream: {e}",
+                             "the details are in the log; Help > Copy diagnostics")
+            return
+        self._set_state(RUNNING)
+
+    def _op_vcam(self) -> None:
+        enabled = self.options.vcam_enabled
+        if not enabled:
+            self._slot.close()
+            self.vcam_changed.emit(self._slot.status())
+        elif self._session is not None:
+            self._open_vcam()
+
+    def _open_vcam(self) -> None:
+        self.busy.emit("Opening the virtual camera…")
+        try:
+            status = self._slot.open()
+        except UserError as e:
+            status = VcamStatus("error", message=e.message, hint=e.hint)
+            self.vcam_changed.emit(status)
+            self._notify("warning", "vcam_missing", e.message, e.hint)
+            return
+        except Exception as e:
+            log.exception("virtual camera failed to open")
+            hint = self.services.vcam_fix()
+            self.vcam_changed.emit(VcamStatus("error", message=str(e), hint=hint))
+            self._notify("warning", "vcam_missing", f"the virtual camera could not open: {e}", hint)
+            return
+        self.vcam_changed.emit(status)
+
+    def _op_portrait(self, path: str) -> None:
+        self.busy.emit("Checking the photo…")
+        try:
+            portrait = self.services.load_portrait(path)
+        except UserError as e:
+            self.portrait_rejected.emit(path, e.message, e.hint)
+            self._notify("error", "portrait_rejected", e.message, e.hint)
+            return
+        except Exception as e:
+            log.exception("could not load %s", path)
+            msg = f"could not use {path}: {e}"
+            hint = "choose a JPEG or PNG photo with one clearly visible face"
+            self.portrait_rejected.emit(path, msg, hint)
+            self._notify("error", "portrait_rejected", msg, hint)
+            return
+        session = self._session
+        if session is not None:
+            # Session.switch_portrait accepts a loaded Portrait as well as a
+            # path; the swap happens at the next frame, the stream never waits.
+            session.switch_portrait(portrait).join(30.0)
+        self._portrait_path, self._portrait_obj = path, portrait
+        self.portrait_accepted.emit(path)
+
+    # -- the session itself (ui-worker thread) ----------------------------------
+    def _start_session(self, opts: StreamOptions) -> None:
+        svc = self.services
+        self.busy.emit("Starting the engine…")
+        try:
+            device = svc.resolve_device(opts.device)
+        except UserError as e:
+            self._notify("warning", "device_fallback", f"{e.message}; using the CPU instead", e.hint)
+            device = "cpu"
+        generator = None
+        if opts.generator != "guide":
+            self.busy.emit("Loading the Knot Forcing model…")
+            try:
+                generator = svc.make_generator(opts.generator, device)
+            except Exception as e:  # missing weights, no kf_generator yet, OOM...
+                if not isinstance(e, UserError):
+                    log.exception("could not load the generator")
+                msg = e.message if isinstance(e, UserError) else str(e)
+                hint = e.hint if isinstance(e, UserError) and e.hint else ""
+                self._notify("warning", "generator_unavailable",
+                             f"the Knot Forcing model is not available ({msg}); "
+                             "streaming the guide only",
+                             hint or "choose 'Guide only' to hide this message")
+        source_factory = None
+        camera_error: list[BaseException] = []
+        used_camera = None
+        mic = None
+        if uses_camera(opts.mode):
+            entry = used_camera = self._find_camera(opts.camera)
+            if entry is None:
+                wanted = opts.camera.name if opts.camera else ""
+                self._notify("warning", "no_camera",
+                             f"Camera '{wanted}' is not connected" if wanted else "No camera found",
+                             "plug in a webcam, or switch the mode to 'Microphone only'; "
+                             "the avatar keeps streaming with idle motion")
+            else:
+
+                def source_factory() -> Any:
+                    return _ReportingSource(svc.open_camera(entry, opts), camera_error.append)
+        mic_factory = None
+        have_mic = opts.mic is not None and opts.mic.key is not None
+        if uses_mic(opts.mode) and have_mic and svc.open_mic is not None:
+            mic = opts.mic
+
+            def mic_factory() -> Any:
+                return svc.open_mic(mic, opts)
+        elif opts.mode == "mic":
+            self._notify("warning", "no_mic", "No microphone found",
+                         "plug in a microphone (or pick one in Input); the avatar keeps "
+                         "streaming with idle motion")
+        if opts.vcam_enabled and not self._slot.is_open:
+            self._open_vcam()
+        from kf_desktop.sinks import PreviewSink
+
+        def build(src_factory: Callable | None) -> Any:
+            return svc.make_session(opts=opts, device=device,
+                                    portrait=self._portrait_obj or self._portrait_path,
+                                    source_factory=src_factory, mic_factory=mic_factory,
+                                    generator=generator,
+                                    sinks=[PreviewSink(self._on_preview), self._slot],
+                                    on_event=self._on_event)
+
+        self.busy.emit("Loading the portrait and opening the camera…")
+        session = build(source_factory)
+        try:
+            session.start()
+        except UserError as e:
+            if not camera_error:
+                raise
+            # The camera would not open: stream without it, say why, and how to fix it.
+            self._notify("warning", "camera_failed",
+                         f"{e.message}; streaming without the camera", e.hint)
+            session = build(None)
+            session.start()
+            used_camera = None
+        self._session = session
+        self._session_opts = opts.with_(camera=used_camera, mic=mic if mic_factory else None)
+        if self._paused and hasattr(session, "set_paused"):
+            session.set_paused(True)
+
+    def _find_camera(self, wanted: Any) -> Any:
+        """The camera to open: the chosen one if it is plugged in; when the
+        pickers have not listed devices yet, ask the device layer now."""
+        if wanted is not None and wanted.key is not None:
+            return wanted
+        try:
+            cams = self.services.list_cameras()
+        except Exception:
+            log.exception("listing cameras failed")
+            return None
+        if wanted is not None:
+            return next((c for c in cams if c.name == wanted.name), None)
+        return cams[0] if cams else None
+
+    def _stop_session(self) -> None:
+        session, self._session = self._session, None
+        self._session_opts = None
+        if session is None:
+            return
+        self.busy.emit("Stopping…")
+        try:
+            session.stop()
+        except Exception:
+            log.exception("the session did not stop cleanly")
+        with self._frame_lock:
+            self._latest = None
+            self._frame_pending = False

@@ -1,0 +1,195 @@
+"""Typed access to the persisted settings (QSettings).
+
+One place knows the keys and the defaults, and every read survives a value
+of the wrong type (a hand-edited or older settings file) by falling back to
+the default instead of crashing the window at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings
+
+from ui.options import COMPUTE_DEVICES, DEFAULT_GAINS, GENERATORS, MODES, OUTPUT_SIZES
+
+MAX_RECENT = 8
+
+
+class SettingsStore:
+    def __init__(self, settings: QSettings | None = None) -> None:
+        self.qs = settings if settings is not None else QSettings()
+
+    @classmethod
+    def at(cls, path: str | Path) -> "SettingsStore":
+        """Settings in an INI file (tests, portable installs)."""
+        return cls(QSettings(str(path), QSettings.Format.IniFormat))
+
+    # -- primitives ----------------------------------------------------------
+    def _str(self, key: str, default: str = "") -> str:
+        v = self.qs.value(key, default)
+        return v if isinstance(v, str) else default
+
+    def _bool(self, key: str, default: bool) -> bool:
+        v = self.qs.value(key, default)
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str):
+            return v.lower() in ("1", "true", "yes", "on")
+        return default
+
+    def _float(self, key: str, default: float) -> float:
+        try:
+            return float(self.qs.value(key, default))
+        except (TypeError, ValueError):
+            return default
+
+    def _choice(self, key: str, choices: tuple[tuple[str, str], ...], default: str) -> str:
+        v = self._str(key, default)
+        return v if v in {c for c, _ in choices} else default
+
+    def sync(self) -> None:
+        self.qs.sync()
+
+    # -- portrait ------------------------------------------------------------
+    @property
+    def portrait(self) -> str:
+        return self._str("portrait/current")
+
+    @portrait.setter
+    def portrait(self, path: str) -> None:
+        self.qs.setValue("portrait/current", str(path))
+        self.add_recent(str(path))
+
+    @property
+    def recent_portraits(self) -> list[str]:
+        try:
+            items = json.loads(self._str("portrait/recent", "[]"))
+        except ValueError:
+            return []
+        return [p for p in items if isinstance(p, str)][:MAX_RECENT] if isinstance(items, list) else []
+
+    def add_recent(self, path: str) -> None:
+        items = [p for p in self.recent_portraits if p != path]
+        self.qs.setValue("portrait/recent", json.dumps([path, *items][:MAX_RECENT]))
+
+    def remove_recent(self, path: str) -> None:
+        self.qs.setValue("portrait/recent",
+                         json.dumps([p for p in self.recent_portraits if p != path]))
+
+    # -- input ---------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self._choice("input/mode", MODES, "webcam+mic")
+
+    @mode.setter
+    def mode(self, v: str) -> None:
+        self.qs.setValue("input/mode", v)
+
+    @property
+    def camera(self) -> str:
+        """The camera's name (what list_cameras reports), "" for the first one."""
+        return self._str("input/camera")
+
+    @camera.setter
+    def camera(self, name: str) -> None:
+        self.qs.setValue("input/camera", name or "")
+
+    @property
+    def microphone(self) -> str:
+        return self._str("input/microphone")
+
+    @microphone.setter
+    def microphone(self, name: str) -> None:
+        self.qs.setValue("input/microphone", name or "")
+
+    # -- output --------------------------------------------------------------
+    @property
+    def vcam_enabled(self) -> bool:
+        return self._bool("output/vcam", True)
+
+    @vcam_enabled.setter
+    def vcam_enabled(self, v: bool) -> None:
+        self.qs.setValue("output/vcam", bool(v))
+
+    @property
+    def output_mirror(self) -> bool:
+        return self._bool("output/mirror", False)
+
+    @output_mirror.setter
+    def output_mirror(self, v: bool) -> None:
+        self.qs.setValue("output/mirror", bool(v))
+
+    @property
+    def preview_mirror(self) -> bool:
+        # Like every meeting app's self-view: mirrored by default.
+        return self._bool("preview/mirror", True)
+
+    @preview_mirror.setter
+    def preview_mirror(self, v: bool) -> None:
+        self.qs.setValue("preview/mirror", bool(v))
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        text = self._str("output/size", "1280x720")
+        try:
+            w, h = (int(x) for x in text.split("x"))
+        except ValueError:
+            return OUTPUT_SIZES[0]
+        return (w, h) if (w, h) in OUTPUT_SIZES else OUTPUT_SIZES[0]
+
+    @out_size.setter
+    def out_size(self, size: tuple[int, int]) -> None:
+        self.qs.setValue("output/size", f"{size[0]}x{size[1]}")
+
+    # -- motion --------------------------------------------------------------
+    @property
+    def gains(self) -> dict[str, float]:
+        return {k: min(max(self._float(f"gains/{k}", d), 0.0), 2.0)
+                for k, d in DEFAULT_GAINS.items()}
+
+    @gains.setter
+    def gains(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.qs.setValue(f"gains/{k}", float(v))
+
+    # -- engine --------------------------------------------------------------
+    @property
+    def generator(self) -> str:
+        return self._choice("engine/generator", GENERATORS, "guide")
+
+    @generator.setter
+    def generator(self, v: str) -> None:
+        self.qs.setValue("engine/generator", v)
+
+    @property
+    def compute_device(self) -> str:
+        return self._choice("engine/device", COMPUTE_DEVICES, "auto")
+
+    @compute_device.setter
+    def compute_device(self, v: str) -> None:
+        self.qs.setValue("engine/device", v)
+
+    # -- hotkeys ---------------------------------------------------------------
+    def hotkey(self, action_id: str, default: str) -> str:
+        return self._str(f"hotkeys/{action_id}", default)
+
+    # -- window --------------------------------------------------------------
+    @property
+    def geometry(self) -> QByteArray | None:
+        v = self.qs.value("window/geometry")
+        return v if isinstance(v, QByteArray) and not v.isEmpty() else None
+
+    @geometry.setter
+    def geometry(self, v: QByteArray) -> None:
+        self.qs.setValue("window/geometry", v)
+
+    @property
+    def window_state(self) -> QByteArray | None:
+        v = self.qs.value("window/state")
+        return v if isinstance(v, QByteArray) and not v.isEmpty() else None
+
+    @window_state.setter
+    def window_state(self, v: QByteArray) -> None:
+        self.qs.setValue("window/state", v)
