@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,12 @@ def load_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{name} is a folder, not an image",
                         "choose an image file (JPEG or PNG) inside it")
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            # Pillow warns about large images before our own size check runs;
+            # the user gets our message instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
             w, h = im.size  # from the header; nothing decoded yet
             if w * h > MAX_MEGAPIXELS * 1e6:
                 raise _too_large(name, f"{w}x{h} pixels ({w * h / 1e6:.0f} megapixels)")
