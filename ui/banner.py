@@ -24,7 +24,8 @@ class Banner(QFrame):
     dismissed = Signal(str)  # code
 
     def __init__(self, level: str, code: str, message: str, hint: str = "",
-                 actions: list[Action] | None = None, parent: QWidget | None = None) -> None:
+                 actions: list[Action] | None = None, parent: QWidget | None = None,
+                 detail: str = "") -> None:
         super().__init__(parent)
         self.level, self.code, self.message, self.hint = level, code, message, hint
         self.setObjectName("banner")
@@ -44,6 +45,9 @@ class Banner(QFrame):
         self.message_label.setObjectName("bannerMessage")
         self.message_label.setWordWrap(True)
         self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.detail = detail
+        if detail:
+            self.message_label.setToolTip(detail)
         text.addWidget(self.message_label)
         self.hint_label = QLabel(_sentence(hint))
         self.hint_label.setObjectName("bannerHint")
@@ -94,15 +98,16 @@ class BannerArea(QWidget):
         self.setVisible(False)
 
     def show_banner(self, level: str, code: str, message: str, hint: str = "",
-                    actions: list[Action] | None = None) -> Banner:
+                    actions: list[Action] | None = None, detail: str = "") -> Banner:
         self.dismiss(code)
-        b = Banner(level, code, message, hint, actions, self)
+        b = Banner(level, code, message, hint, actions, self, detail)
         b.dismissed.connect(self.dismiss)
         self._layout.insertWidget(0, b)
         self._banners[code] = b
         while len(self._banners) > self.max_banners:
-            oldest = next(iter(self._banners))
-            self.dismiss(oldest)
+            # make room: the oldest passing note first, then the oldest problem
+            infos = [c for c, x in self._banners.items() if x.level == "info" and c != code]
+            self.dismiss(infos[0] if infos else next(iter(self._banners)))
         if level == "info" and self.info_timeout_ms > 0:
             QTimer.singleShot(self.info_timeout_ms, b, lambda: self._expire(b))
         self.setVisible(True)

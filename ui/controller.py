@@ -5,6 +5,7 @@ does quick things: slow work is the bridge's (worker thread)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Callable
@@ -28,8 +29,15 @@ from ui.vcam_slot import VcamStatus
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_SIZE = 720
-#: Notices shown only in the status bar (no banner).
-QUIET = {"started", "stopped", "neutral_reset", "source_ended", "portrait_switched"}
+#: Notices the state label already says (logged only, no banner).
+QUIET = {"started", "stopped", "source_ended"}
+
+
+def fix_command(hint: str) -> str:
+    """The shell command inside a hint ("... driver: sudo apt ... (then ...)"),
+    or the whole hint when it has none."""
+    m = re.search(r"((?:sudo|brew|winget|choco) .*?)(?:\s+\(then|$)", hint)
+    return m.group(1).strip() if m else hint
 
 
 def _select_data(combo: QComboBox, value: object) -> None:
@@ -281,7 +289,7 @@ class Controller(QObject):
         self.settings.portrait = path
         picker.set_recent([p for p in self.settings.recent_portraits if Path(p).exists()])
         picker.thumbs.request(path, PLACEHOLDER_SIZE)
-        self.window.statusBar().showMessage(f"Portrait: {Path(path).name}", 4000)
+        self._banner(Notice("info", "portrait_switched", f"Portrait: {Path(path).name}"))
 
     def _on_thumb(self, path: str, size: int, img: QImage) -> None:
         if size == PLACEHOLDER_SIZE and path == self.bridge.portrait_path and not img.isNull():
@@ -324,12 +332,12 @@ class Controller(QObject):
         if n.code == "started":
             w.banners.dismiss("start_failed")
         if n.code in QUIET:
-            w.statusBar().showMessage(n.message, 4000)
             return
         self._banner(n)
 
     def _banner(self, n: Notice) -> None:
-        self.window.banners.show_banner(n.level, n.code, n.message, n.hint, self._actions_for(n))
+        self.window.banners.show_banner(n.level, n.code, n.message, n.hint, self._actions_for(n),
+                                        getattr(n, "detail", ""))
 
     def _actions_for(self, n: Notice) -> list[tuple[str, Callable[[], None]]]:
         w = self.window
@@ -341,7 +349,8 @@ class Controller(QObject):
             "camera_failed": [choose_cam],
             "source_lost": [choose_cam],
             "no_mic": [("Check again", self.watcher.refresh)],
-            "vcam_missing": [("Copy fix", lambda: self._copy(n.hint, "Fix copied")),
+            "vcam_missing": [("Copy fix", lambda: self._copy(fix_command(n.hint),
+                                                             "Fix copied to the clipboard")),
                              ("Retry", self.bridge.retry_vcam)],
             "vcam_failed": [("Retry", self.bridge.retry_vcam)],
             "portrait_rejected": [("Choose another photo", w.portrait_picker.choose_file)],
@@ -357,7 +366,7 @@ class Controller(QObject):
 
     def _copy(self, text: str, done: str) -> None:
         QGuiApplication.clipboard().setText(text)
-        self.window.statusBar().showMessage(done, 3000)
+        self._banner(Notice("info", "copied", done))
 
     # -- diagnostics ---------------------------------------------------------------
     def diagnostics_input(self) -> diagnostics.DiagnosticsInput:
@@ -391,7 +400,8 @@ class Controller(QObject):
             except Exception as e:
                 log.exception("collecting diagnostics failed")
                 text = f"collecting diagnostics failed: {e}"
-            self._diagnostics_ready.emit(text)
+            if not self._closed:
+                self._diagnostics_ready.emit(text)
 
         threading.Thread(target=work, name="ui-diagnostics", daemon=True).start()
 

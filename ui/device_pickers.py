@@ -60,7 +60,8 @@ class DeviceWatcher(QObject):
     def _poll(self) -> None:
         cams = self._safe("cameras", self._list_cameras)
         mics = self._safe("microphones", self._list_microphones)
-        self._polled.emit(cams, mics)
+        if not self._closed:
+            self._polled.emit(cams, mics)
 
     def _safe(self, what: str, fn: ListFn) -> list[DeviceEntry] | None:
         try:
@@ -83,9 +84,11 @@ class DeviceWatcher(QObject):
             self.microphones_changed.emit(mics)
 
     def shutdown(self) -> None:
+        """Stop polling; waits for a listing in progress (at most a second or
+        two) so it cannot report to a window that is gone."""
         self._closed = True
         self.timer.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DeviceCombo(QComboBox):

@@ -48,4 +48,5 @@ def qimage_to_rgb(img: QImage) -> np.ndarray:
     img = img.convertToFormat(QImage.Format.Format_RGB888)
     w, h, bpl = img.width(), img.height(), img.bytesPerLine()
     buf = np.frombuffer(img.constBits(), np.uint8, count=bpl * h).reshape(h, bpl)
-    return np.ascontiguousarray(buf[:, : w * 3].reshape(h, w, 3))
+    # copy(): the buffer belongs to ``img``, which may be freed after we return
+    return buf[:, : w * 3].reshape(h, w, 3).copy()

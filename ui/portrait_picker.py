@@ -42,6 +42,7 @@ class ThumbnailLoader(QObject):
         super().__init__(parent)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ui-thumbs")
         self._cache: dict[tuple[str, int], QImage] = {}
+        self._closed = False
 
     def request(self, path: str, size: int) -> None:
         key = (path, size)
@@ -52,12 +53,17 @@ class ThumbnailLoader(QObject):
         def work() -> None:
             img = load_thumbnail(path, size)
             self._cache[key] = img
-            self.loaded.emit(path, size, img)
+            if not self._closed:
+                self.loaded.emit(path, size, img)
 
-        self._pool.submit(work)
+        if not self._closed:
+            self._pool.submit(work)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Wait for a decode in progress (short), so nothing emits on a
+        # deleted object after the window is gone.
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def is_image_path(path: str) -> bool:

@@ -132,7 +132,7 @@ class PreviewWidget(QWidget):
         badges = []
         if self._paused:
             badges.append(("PAUSED", QColor(214, 69, 65, 220)))
-        if self._mirror:
+        if self._mirror and not self._paused:
             badges.append(("MIRRORED", QColor(0, 0, 0, 150)))
         x = self.width() - 12
         for text, bg in badges:
@@ -150,7 +150,8 @@ class PreviewWidget(QWidget):
         r = self._target_rect(img)
         p.save()
         p.setOpacity(opacity)
-        if self._mirror:
+        if self._mirror and not self._paused:
+            # (the pause still is shown as the meeting sees it: readable)
             # mirror around the target rect's vertical centre line
             p.translate(r.center().x() * 2, 0)
             p.scale(-1, 1)

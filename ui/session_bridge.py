@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QTimer, Signal
 from PySide6.QtGui import QImage
 
 from kf_desktop.errors import UserError
@@ -44,6 +44,7 @@ class Notice:
     code: str
     message: str
     hint: str = ""
+    detail: str = ""  # the technical text (tooltip, log), when message is a summary
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class SessionBridge(QObject):
             return
         self._closed = True
         self._stats_timer.stop()
+        self._paused = True  # the preview callback drops frames from here on
         fut = self._pool.submit(self._op_stop)
         try:
             fut.result(timeout)
@@ -234,6 +236,7 @@ class SessionBridge(QObject):
         except Exception:
             log.exception("stopping the stream failed")
         self._pool.shutdown(wait=False, cancel_futures=True)
+        QCoreApplication.removePostedEvents(self)  # queued signals for a window that is going
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until every queued worker job is done (tests, shutdown)."""
@@ -265,10 +268,12 @@ class SessionBridge(QObject):
             self._state = state
             self.state_changed.emit(state)
 
-    def _notify(self, level: str, code: str, message: str, hint: str = "") -> None:
+    def _notify(self, level: str, code: str, message: str, hint: str = "",
+                detail: str = "") -> None:
         log.log({"error": logging.ERROR, "warning": logging.WARNING}.get(level, logging.INFO),
-                "%s: %s%s", code, message, f" (fix: {hint})" if hint else "")
-        self.notice.emit(Notice(level, code, message, hint))
+                "%s: %s%s%s", code, message, f" [{detail}]" if detail else "",
+                f" (fix: {hint})" if hint else "")
+        self.notice.emit(Notice(level, code, message, hint, detail))
 
     def _on_event(self, ev: Any) -> None:
         """SessionEvent from any session thread."""
@@ -398,16 +403,19 @@ class SessionBridge(QObject):
         self.busy.emit("Opening the virtual camera…")
         try:
             status = self._slot.open()
-        except UserError as e:
-            status = VcamStatus("error", message=e.message, hint=e.hint)
-            self.vcam_changed.emit(status)
-            self._notify("warning", "vcam_missing", e.message, e.hint)
-            return
         except Exception as e:
-            log.exception("virtual camera failed to open")
-            hint = self.services.vcam_fix()
-            self.vcam_changed.emit(VcamStatus("error", message=str(e), hint=hint))
-            self._notify("warning", "vcam_missing", f"the virtual camera could not open: {e}", hint)
+            if not isinstance(e, UserError):
+                log.exception("virtual camera failed to open")
+            detail = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            hint = (e.hint if isinstance(e, UserError) else "") or self.services.vcam_fix()
+            # pyvirtualcam's own text is long and technical: a summary in the
+            # banner, the text itself in its tooltip and the log.
+            summary = ("No virtual camera driver found; the preview keeps running"
+                       if "no virtual camera" in detail.lower() or "not found" in detail.lower()
+                       or "unknown virtual camera backend" in detail.lower()
+                       else "The virtual camera could not be opened; the preview keeps running")
+            self.vcam_changed.emit(VcamStatus("error", message=detail, hint=hint))
+            self._notify("warning", "vcam_missing", summary, hint, detail)
             return
         self.vcam_changed.emit(status)
 
