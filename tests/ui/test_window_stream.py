@@ -217,3 +217,36 @@ def test_camera_unplugged_mid_stream_banner_and_stream_continues(qtbot, make_win
     reads = cams[0].reads
     qtbot.waitUntil(lambda: cams[0].reads > reads + 5, timeout=5_000)  # reading again
     assert len(cams) == 1  # reopened by the session, not restarted by the window
+
+
+def test_generator_and_gpu_unavailable_fall_back_with_banners(qtbot, make_window, clip_path,
+                                                              mem_vcam, tmp_path):
+    from ui.settings_store import SettingsStore
+
+    ini = tmp_path / "gen.ini"
+    store = SettingsStore.at(ini)
+    store.out_size = (640, 360)
+    store.generator, store.compute_device = "generator", "cuda"
+    store.sync()
+
+    def no_model(mode, device):
+        raise UserError("no trained Knot Forcing weights in resources/models",
+                        "run the training, or choose 'Guide only'")
+
+    ctl = make_window(file_services(clip_path, mem_vcam.name, make_generator=no_model), ini)
+    w, bridge = ctl.window, ctl.bridge
+    _click(qtbot, w.start_button)
+    qtbot.waitUntil(lambda: bridge.state == "running" and w.preview.frames_shown >= 10,
+                    timeout=START_TIMEOUT)
+    gb = w.banners.banner("generator_unavailable")
+    assert gb is not None and "guide" in gb.message and "Use guide only" in gb.buttons
+    import torch  # the test may; the window may not
+
+    if not torch.cuda.is_available():
+        db = w.banners.banner("device_fallback")
+        assert db is not None and "CPU" in db.message
+    _click(qtbot, gb.buttons["Use guide only"])  # switches the combo -> the session restarts
+    assert w.generator_combo.currentData() == "guide" and ctl.settings.generator == "guide"
+    shown = w.preview.frames_shown
+    qtbot.waitUntil(lambda: bridge.state == "running" and w.preview.frames_shown > shown + 10,
+                    timeout=30_000)
