@@ -238,9 +238,13 @@ class FeatureTracker:
         if self._t0 is None:
             self._t0 = t_end - n / self.sr
         else:
-            # Re-anchor slowly to the caller's clock (device clock drift).
             expect = self._t0 + (self._n + n) / self.sr
-            self._t0 += 0.01 * (t_end - expect)
+            if abs(t_end - expect) > 0.1:
+                # A jump (the source skipped audio): take the caller's clock.
+                self._t0 = t_end - (self._n + n) / self.sr
+            else:
+                # Follow the caller's clock slowly (device clock drift, jitter).
+                self._t0 += 0.01 * (t_end - expect)
         self._buf = np.concatenate([self._buf, samples])
         self._n += n
         out = []

@@ -74,3 +74,23 @@ def test_audio_motion_drives_mouth_from_speech_and_head_from_idle(librivox):
         p = motion(t)
         t += 0.01
     assert p.jaw_open == 0.0
+
+
+def test_mouth_from_face_landmarks():
+    from kf_desktop.audio.mix import mouth_from_face
+    from kf_desktop.frames import FaceResult
+
+    def face(mouth_open, mouth_w):
+        lm = np.zeros((478, 3), np.float32)
+        lm[234, :2], lm[454, :2] = (100, 200), (300, 200)  # face 200 px wide
+        lm[61, :2], lm[291, :2] = (200 - mouth_w / 2, 260), (200 + mouth_w / 2, 260)
+        return FaceResult(lm, 0.0, 0.0, 0.0, (0.3, 0.3), mouth_open)
+
+    neutral = mouth_from_face(face(0.0, 80))  # 0.40 of the face width
+    assert neutral.jaw_open == 0.0 and abs(neutral.lip_width) < 0.05
+    wide = mouth_from_face(face(0.4, 80))
+    assert wide.jaw_open == 1.0
+    smile = mouth_from_face(face(0.05, 92))
+    assert smile.lip_width > 0.9 and smile.rounding == 0.0
+    pursed = mouth_from_face(face(0.15, 68))
+    assert pursed.lip_width < -0.9 and pursed.rounding > 0.5
