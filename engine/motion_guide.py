@@ -4,26 +4,38 @@ The portrait's square head crop (S x S) is warped so that its face landmarks
 (mediapipe 478-point mesh, crop pixels) land where the driving landmarks are.
 The same code serves training batches on GPU and single frames on CPU.
 
-How (measured choices, see scripts/bench_guide.py and the engine tests):
-- Backward warp: for every output pixel p we need the portrait location q to
-  sample. The displacement (src - dst) is known at the driving points dst and
-  interpolated with a regularised thin-plate spline (TPS). TPS follows dense
-  clusters (eyes, lips) exactly while staying smooth over sparse areas; a
-  normalised Gaussian RBF / inverse-distance weighting either flattens the
-  motion between points or needs a per-region bandwidth, and both gave larger
-  landmark errors after re-detection for the same speed. The tiny ridge
-  (lam) keeps the solve well posed when driving points coincide (closed eye:
-  upper lid lands on lower lid).
-- The spline is evaluated on a coarse grid (grid x grid, default 64) and
-  upsampled bilinearly: the field is smooth, so this costs nothing visible
-  and makes the evaluation 16x cheaper than per pixel at S=256.
-- Zero-displacement anchors sit on the crop border and the field is further
-  multiplied by a smooth window that is exactly 0 on the outer `border_px`
-  pixels, so the paste-back seam never moves.
+How (measured choices; numbers from the default portrait driven by the
+landmark motion of two real talking-head clips plus synthetic blinks, mouth
+opening, yaw and roll; errors are |q(dst) - src| of the dense field at the
+landmarks, in px at S = 256):
+- Backward warp: every output pixel p samples the portrait at q(p). The
+  displacement src - dst is known at the driving points dst and interpolated
+  with a thin-plate spline (TPS, tiny ridge `lam` so that coinciding driving
+  points stay solvable). TPS: jaw 0.17 / lips 0.25 / eyes 0.16 px mean, folds
+  (Jacobian <= 0) on 0.003 % of pixels. Normalised Gaussian RBF, sigma 4 px:
+  lips 0.43 px but 0.8 % folded pixels (3 % worst case) as each point only
+  pulls its neighbourhood; sigma 16 px: no better folds, jaw 1.8 px.
+  Inverse-distance weighting (p=2): jaw 1.6 px (flat spots around each
+  point). Same cost class: all three fill one grid x M table with one
+  transcendental per entry; TPS adds a ~150x150 solve (~0.4 ms).
+- The spline is evaluated on a coarse grid (default 48 x 48) and upsampled
+  bilinearly; grid 64 cuts the mean lip error from 0.25 to 0.21 px for 1.8x
+  the evaluation cost, grid 32 raises it to 0.36 px.
+- Control points: 115 landmarks (every lid and inner-lip point, every other
+  jaw / outer-lip / brow / nose point) + 10 lid-brow midpoints (see
+  _LID_BROW) + 24 fixed anchors on the crop border.
+- Motion is multiplied by a window that is exactly 0 within one coarse cell
+  of the crop edge, so the paste-back seam never moves.
+- Blinks / closing mouths: lid and inner-lip pairs are held min_gap px apart
+  (see _keep_open) so the closed lid renders as a thin lash line.
 - Mouth interior: where the driving inner-lip gap is wider than the
   portrait's, the warp would only stretch lip skin into the gap, so the
-  driving inner-lip polygon is filled with a synthetic, feathered mouth
-  interior (dark oral cavity, a band of upper teeth, a hint of tongue).
+  driving inner-lip outline is filled with a synthetic, feathered mouth
+  interior (dark oral cavity, a band of upper teeth, a muted tongue).
+
+CPU threads: on a loaded 2-core machine run render() in a thread with
+torch.set_num_threads(1) (per thread under torch's OpenMP backend): two
+OpenMP threads fighting other processes for two cores made it 3-10x slower.
 
 Only torch / numpy / stdlib: engine/ must not import cv2, mediapipe or
 kf_desktop.
@@ -96,10 +108,6 @@ CONTROL_IDX: tuple[int, ...] = _unique(
 # band to a linear stretch keeps the field monotone there.
 _LID_BROW = ((246, 46), (161, 53), (159, 52), (158, 65), (173, 55),
              (466, 276), (388, 283), (386, 282), (385, 295), (398, 285))
-# Inner-lip polygon, clockwise in image coordinates: upper lip left -> right,
-# then lower lip right -> left (corners not repeated).
-_MOUTH_POLY = INNER_LIP_UPPER + INNER_LIP_LOWER[-2:0:-1]
-_N_UPPER_SEG = len(INNER_LIP_UPPER) - 1  # segments 0..9 are the upper lip
 # Lids and inner lips: (left corner, right corner, upper points, lower points)
 # with the corners in image left -> right order of an upright face, so the
 # axis normal points from the upper towards the lower contour.
@@ -127,22 +135,25 @@ class _Consts:
     size: int
     grid: int
     kernel: str  # radial basis, see _kernel
+    still_px: int  # pixels this close to the edge never move (one coarse cell)
     anchors: torch.Tensor  # (A, 2) border anchors, unit coords (px / S)
-    # Coarse evaluation points e (unit coords) prepared for two matmuls:
-    axis: torch.Tensor  # (G,) coarse grid coordinates (unit), same for x and y
-    eval_rest: torch.Tensor  # (G*G, A+3) [U(e, anchors), 1, x, y]: the constant
-    # columns of the TPS design matrix (anchor kernels + affine part)
-    base: torch.Tensor  # (1, S, S, 2) identity grid in grid_sample coords
-    fade: torch.Tensor  # (1, 2, S, S) border window, pre-scaled px -> grid_sample
+    axis: torch.Tensor  # (G,) coarse sample positions (unit coords), x and y alike
+    eval_rest: torch.Tensor  # (G*G, A+3) [U(e, anchors), 1, x, y] at the coarse
+    # points e: the frame-independent columns of the TPS evaluation
+    base: torch.Tensor  # (1, 2, G, G) identity sampling grid (grid_sample units)
+    fade: torch.Tensor  # (1, 1, G, G) border window x (2/S: px -> grid units)
+    ctrl_idx: torch.Tensor  # (M0,) CONTROL_IDX
+    mid_idx: torch.Tensor  # (2, 10) lid / brow pairs of the virtual midpoints
+    open_idx: torch.Tensor  # (4, K) left corner, right corner, upper, lower
 
 
 def _kernel(r2: torch.Tensor, kind: str) -> torch.Tensor:
-    """Radial basis of squared distance. r2 is overwritten when it is float32
-    (the big per-frame table); callers pass a temporary."""
+    """Radial basis of squared distance, in place: r2 must be a temporary
+    (for the big per-frame table a copy would cost as much as the log)."""
     if kind == "tps":  # U = r^2 log r^2 (factor 1/2 absorbed by the weights)
-        r2 = r2.clamp_min(1e-20)
+        r2 = r2.clamp_min_(1e-20)  # U(0) = 0 without a NaN from 0 * log 0
         return torch.log(r2).mul_(r2)
-    if kind == "r3":  # polyharmonic r^3: same family, sqrt is ~2.5x cheaper than log
+    if kind == "r3":  # polyharmonic r^3, same family; measured no faster here
         return torch.sqrt(r2).mul_(r2)
     raise ValueError(f"unknown kernel {kind!r}")
 
@@ -152,8 +163,10 @@ def _smoothstep(x: torch.Tensor) -> torch.Tensor:
     return x * x * (3.0 - 2.0 * x)
 
 
-def _make_consts(size: int, grid: int, device: torch.device, *, border_px: float,
-                 fade_frac: float, kernel: str, anchors_per_side: int = 7) -> _Consts:
+def _make_consts(size: int, grid: int, device: torch.device, *, fade_frac: float,
+                 kernel: str, anchors_per_side: int = 7) -> _Consts:
+    if grid < 4 or size < grid:
+        raise ValueError(f"need 4 <= grid <= crop size, got grid {grid}, size {size}")
     s = float(size)
     # Anchors on the border ring, in pixel-centre coordinates 0..S-1.
     t = torch.linspace(0.0, s - 1.0, anchors_per_side, dtype=torch.float64)
@@ -170,43 +183,45 @@ def _make_consts(size: int, grid: int, device: torch.device, *, border_px: float
     eval_pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1) / s  # (G*G, 2)
     u_ea = _kernel(torch.cdist(eval_pts, anchors) ** 2, kernel)  # (G*G, A)
 
-    # Identity sampling grid for grid_sample(align_corners=False): pixel i
-    # centre is at (2i + 1)/S - 1.
-    lin = (2.0 * torch.arange(size, dtype=torch.float32) + 1.0) / s - 1.0
-    by, bx = torch.meshgrid(lin, lin, indexing="ij")
-    base = torch.stack([bx, by], -1)[None]  # (1, S, S, 2)
+    # Identity sampling grid for grid_sample(align_corners=False) at the
+    # coarse points: pixel x sits at (2x + 1)/S - 1. Upsampling it bilinearly
+    # is exact (it is linear), so base + flow is built coarse and upsampled
+    # once instead of adding full-resolution tensors.
+    lin = (2.0 * g + 1.0) / s - 1.0  # (G,)
+    base = torch.stack([lin[None, :].expand(grid, grid),
+                        lin[:, None].expand(grid, grid)])[None]  # (1, 2, G, G)
 
-    # Border window: 0 for pixels closer than border_px to the edge, smooth
-    # ramp to 1 over fade_frac * S. Separable product keeps corners smooth.
-    i = torch.arange(size, dtype=torch.float32)
-    d = torch.minimum(i, s - 1.0 - i)  # (S,) distance of pixel centre to edge
-    w1 = _smoothstep((d - border_px) / max(fade_frac * s, 1.0))
-    win = w1[:, None] * w1[None, :]  # (S, S)
-    # Fold in the px -> normalised-coordinate scale (2/S) for both channels.
-    fade = (win * (2.0 / s))[None, None].expand(1, 2, size, size).contiguous()
+    # Border window on the coarse points: exactly 0 on the outer two rings of
+    # samples, so after bilinear upsampling every pixel within one coarse cell
+    # of the edge has exactly zero motion (paste-back seam stays put); then a
+    # smooth ramp to 1 over fade_frac * S. Separable product: smooth corners.
+    d = torch.minimum(g, s - 1.0 - g)  # (G,) distance to the edge, px
+    w1 = _smoothstep((d - d[1]) / max(fade_frac * s, 1.0))
+    fade = (w1[:, None] * w1[None, :] * (2.0 / s))[None, None]  # (1, 1, G, G)
 
-    f32 = dict(device=device, dtype=torch.float32)
     one = torch.ones_like(eval_pts[:, :1])
     eval_rest = torch.cat([u_ea, one, eval_pts], 1)  # (G*G, A+3)
-    return _Consts(size, grid, kernel, anchors.to(**f32), (g / s).to(**f32),
-                   eval_rest.to(**f32), base.to(device), fade.to(device))
+    opening = torch.tensor([[ca, cb, up, lo] for ca, cb, ups, los in _OPENINGS
+                            for up, lo in zip(ups, los)]).T  # (4, K)
+    f32 = dict(device=device, dtype=torch.float32)
+    i64 = dict(device=device, dtype=torch.long)
+    return _Consts(size, grid, kernel, int(np.ceil(float(d[1]))), anchors.to(**f32),
+                   (g / s).to(**f32), eval_rest.to(**f32), base.to(**f32),
+                   fade.to(**f32), torch.tensor(CONTROL_IDX, **i64),
+                   torch.tensor(_LID_BROW, **i64).T.contiguous(), opening.to(**i64))
 
 
-def _keep_open(dst: torch.Tensor, min_gap: float) -> torch.Tensor:
+def _keep_open(dst: torch.Tensor, min_gap: float, idx: torch.Tensor) -> torch.Tensor:
     """Hold every lid / inner-lip pair at least min_gap px apart.
 
-    dst: (B, 478, 2) -> (B, 478, 2). When a driving eye or mouth closes, the
+    dst: (B, 478, 2) -> (B, 478, 2); idx: _Consts.open_idx. When a driving eye or mouth closes, the
     upper and lower contour land on the same pixels with opposite
     displacements; a smooth field then averages them and shows the middle of
     the opening (the iris) instead of a closed lid. A small gap lets the field
     switch from "sample the upper lid" to "sample the lower lid" within
     min_gap px, which renders as a thin lash / lip line.
     """
-    # All 23 pairs at once: corner / upper / lower index per pair.
-    ca = [o[0] for o in _OPENINGS for _ in o[2]]
-    cb = [o[1] for o in _OPENINGS for _ in o[2]]
-    ups = [i for o in _OPENINGS for i in o[2]]
-    los = [i for o in _OPENINGS for i in o[3]]
+    ca, cb, ups, los = idx  # (K,) each: corners, upper and lower points
     axis = dst[:, cb] - dst[:, ca]  # (B, K, 2)
     n = torch.stack([-axis[..., 1], axis[..., 0]], -1)
     n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, K, 2) points down
@@ -219,22 +234,21 @@ def _keep_open(dst: torch.Tensor, min_gap: float) -> torch.Tensor:
     return out
 
 
-def _control_points(lms: torch.Tensor) -> torch.Tensor:
+def _control_points(lms: torch.Tensor, c: _Consts) -> torch.Tensor:
     """(B, 478, 2) -> (B, M, 2): the CONTROL_IDX subset plus lid-brow midpoints."""
-    lid = lms[:, [i for i, _ in _LID_BROW]]
-    brow = lms[:, [j for _, j in _LID_BROW]]
-    return torch.cat([lms[:, list(CONTROL_IDX)], 0.5 * (lid + brow)], 1)
+    mid = 0.5 * (lms[:, c.mid_idx[0]] + lms[:, c.mid_idx[1]])  # (B, 10, 2)
+    return torch.cat([lms[:, c.ctrl_idx], mid], 1)
 
 
 # ----------------------------------------------------------------------------
 # dense field
 # ----------------------------------------------------------------------------
-def _tps_flow(c: _Consts, src: torch.Tensor, dst: torch.Tensor, lam: float
-              ) -> torch.Tensor:
-    """Backward displacement on the full pixel grid, in grid_sample units.
+def _sampling_grid(c: _Consts, src: torch.Tensor, dst: torch.Tensor, lam: float
+                   ) -> torch.Tensor:
+    """The backward warp as a grid_sample grid.
 
     src, dst: (B, M, 2) control points in crop pixels. Returns (B, S, S, 2)
-    such that base + flow samples the portrait at q(p) with q(dst_i) ~= src_i.
+    that samples the portrait at q(p), with q(dst_i) ~= src_i.
     """
     b = src.shape[0]
     s = float(c.size)
@@ -268,11 +282,13 @@ def _tps_flow(c: _Consts, src: torch.Tensor, dst: torch.Tensor, lam: float
     r2 = (dy2[:, :, None] + dx2[:, None]).view(b, g * g, m)  # (B, G*G, M) row-major
     u_em = _kernel(r2, c.kernel)
     flow = torch.baddbmm(torch.matmul(c.eval_rest, sol[:, m:]), u_em, sol[:, :m])
-    flow = flow.transpose(1, 2).reshape(b, 2, g, g) * s  # (B, 2, G, G) px
-    flow = F.interpolate(flow, size=(c.size, c.size), mode="bilinear",
+    flow = flow.transpose(1, 2).reshape(b, 2, g, g)  # (B, 2, G, G) unit coords
+    # Sampling grid = identity + faded flow (in grid_sample units: the unit
+    # coords scale by S and c.fade carries the 2/S), upsampled once.
+    grid = torch.addcmul(c.base, flow, c.fade, value=s)  # (B, 2, G, G)
+    grid = F.interpolate(grid, size=(c.size, c.size), mode="bilinear",
                          align_corners=True)  # (B, 2, S, S)
-    flow = flow * c.fade  # px -> grid_sample units, zero at the border
-    return flow.permute(0, 2, 3, 1)  # (B, S, S, 2)
+    return grid.permute(0, 2, 3, 1)  # (B, S, S, 2)
 
 
 # ----------------------------------------------------------------------------
@@ -285,108 +301,126 @@ def mouth_gap(lms: torch.Tensor) -> torch.Tensor:
     return (lo - up).norm(dim=-1).mean(-1)
 
 
-def _mouth_layer(poly: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
-                 gap: torch.Tensor, width: torch.Tensor, feather: torch.Tensor,
-                 tone: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _lip_profiles(dst: torch.Tensor, k: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inner-lip curves in the mouth's own frame.
+
+    dst: (B, 478, 2). The frame has its origin at corner 78, u runs along the
+    corner axis (0 at 78, 1 at 308) and w is the offset (px) along the axis
+    normal, pointing from the upper to the lower lip. Returns
+    origin (B, 2), axis / length^2 (B, 2), unit normal (B, 2) and the lip
+    curves w_up(u), w_lo(u) sampled at k evenly spaced u: (B, 2, 1, k).
+    """
+    b = dst.shape[0]
+    c0 = dst[:, INNER_LIP_UPPER[0]]  # (B, 2)
+    axis = dst[:, INNER_LIP_UPPER[-1]] - c0  # (B, 2)
+    len2 = (axis * axis).sum(-1, keepdim=True).clamp_min(1e-6)
+    ax_n = axis / len2  # u = (p - c0) . ax_n
+    nrm = torch.stack([-axis[:, 1], axis[:, 0]], -1) / len2.sqrt()  # (B, 2)
+    lips = dst[:, list(INNER_LIP_UPPER + INNER_LIP_LOWER)] - c0[:, None]  # (B, 22, 2)
+    u = (lips * ax_n[:, None]).sum(-1).view(b * 2, -1)  # (2B, 11) upper; lower
+    w = (lips * nrm[:, None]).sum(-1).view(b * 2, -1)  # (2B, 11)
+    # A curve must be a function of u; extreme poses can fold it, so force
+    # u to be non-decreasing (points that fold back collapse onto the curve).
+    u = u.cummax(-1).values.contiguous()
+    q = torch.linspace(0.0, 1.0, k, device=dst.device, dtype=dst.dtype)
+    q = q.expand(b * 2, k).contiguous()  # (2B, k)
+    hi = torch.searchsorted(u, q).clamp_(1, u.shape[1] - 1)  # (2B, k)
+    u0, u1 = u.gather(1, hi - 1), u.gather(1, hi)
+    w0, w1 = w.gather(1, hi - 1), w.gather(1, hi)
+    t = ((q - u0) / (u1 - u0).clamp_min(1e-6)).clamp_(0.0, 1.0)
+    prof = torch.lerp(w0, w1, t).view(b, 2, 1, k)  # (B, 2, 1, k)
+    return c0, ax_n, nrm, prof
+
+
+def _mouth_layer(dst: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+                 gap: torch.Tensor, feather: torch.Tensor, tone: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic mouth interior on the pixel grid ys x xs.
 
-    poly: (B, V, 2) inner-lip polygon (upper lip first, see _MOUTH_POLY);
-    xs: (W,), ys: (H,) pixel-centre coordinates; gap, width, feather, tone: (B,).
-    Returns colour (B, 3, H, W) and coverage (B, H, W) in [0, 1].
+    dst: (B, 478, 2) driving landmarks; xs: (W,), ys: (H,) pixel centres;
+    gap, feather, tone: (B,). Returns colour (B, 3, H, W) in [0, 1] and
+    coverage (B, H, W): 1 inside the inner-lip outline, feathered across it.
     """
-    a = poly[:, None, None]  # (B, 1, 1, V, 2) edge starts
-    ab = poly.roll(-1, dims=1)[:, None, None] - a  # (B, 1, 1, V, 2) edge vectors
-    ax, ay, abx, aby = a[..., 0], a[..., 1], ab[..., 0], ab[..., 1]  # (B,1,1,V)
-    # The pixels form a grid, so the per-axis offsets are small tables that
-    # broadcast to (B, H, W, V); x and y are kept apart (no size-2 dims,
-    # whose strided reductions dominated the cost).
-    apx = xs[None, None, :, None] - ax  # (B, 1, W, V)
-    apy = ys[None, :, None, None] - ay  # (B, H, 1, V)
-    inv = 1.0 / (abx * abx + aby * aby).clamp_min(1e-9)
-    t = ((apx * abx + apy * aby) * inv).clamp_(0.0, 1.0)  # (B, H, W, V)
-    d2 = (apx - t * abx).square_() + (apy - t * aby).square_()  # squared dist
-    # Crossing-number point-in-polygon test (even-odd rule): edge straddles
-    # the pixel's row and the crossing lies right of the pixel
-    # <=> cross(ab, ap) has the sign of ab_y; no division needed.
-    straddle = (apy > 0) != (apy - aby > 0)  # (B, H, 1, V)
-    cross = abx * apy - aby * apx  # (B, H, W, V)
-    inside = (straddle & ((cross > 0) == (aby > 0))).sum(-1) % 2 == 1  # (B, H, W)
-    edge = d2.amin(-1).sqrt_()
-    sd = torch.where(inside, edge, -edge)  # signed distance, > 0 inside
+    b = dst.shape[0]
+    c0, ax_n, nrm, prof = _lip_profiles(dst, 32)
+    width = 1.0 / ax_n.norm(dim=-1)  # (B,) corner-to-corner length, px
+    # Every pixel in the mouth frame; the grid is separable, so each is a
+    # sum of a per-column and a per-row term.
+    dx = xs[None, None, :] - c0[:, 0, None, None]  # (B, 1, W)
+    dy = ys[None, :, None] - c0[:, 1, None, None]  # (B, H, 1)
+    u = dx * ax_n[:, 0, None, None] + dy * ax_n[:, 1, None, None]  # (B, H, W)
+    w = dx * nrm[:, 0, None, None] + dy * nrm[:, 1, None, None]  # (B, H, W)
+    # Both lip curves at every pixel's u: one grid_sample of the profiles.
+    g = torch.stack([2.0 * u - 1.0, torch.zeros_like(u)], -1)  # (B, H, W, 2)
+    lip = F.grid_sample(prof, g, mode="bilinear", padding_mode="border",
+                        align_corners=True)  # (B, 2, H, W)
+    d_up = w - lip[:, 0]  # px below the upper lip
+    d_lo = lip[:, 1] - w  # px above the lower lip
+    # Distance to the outline, measured along the lip normal (and along the
+    # axis past the corners): > 0 inside. Feathered across the outline.
+    wid = width[:, None, None]
+    sd = torch.minimum(torch.minimum(d_up, d_lo), torch.minimum(u, 1.0 - u) * wid)
     cover = _smoothstep(sd / feather[:, None, None] + 0.5)  # (B, H, W)
 
-    # Vertical position inside the opening: 0 at the upper lip, 1 at the lower.
-    d_up = d2[..., :_N_UPPER_SEG].amin(-1).sqrt_()  # (B, H, W)
-    d_lo = d2[..., _N_UPPER_SEG:].amin(-1).sqrt_()
-    v = d_up / (d_up + d_lo).clamp_min(1e-6)
-    # Horizontal position corner (0) -> corner (1) along the lip-corner axis.
-    c0 = poly[:, 0]  # (B, 2) corner 78
-    axis = poly[:, _N_UPPER_SEG] - c0  # (B, 2) towards corner 308
-    axis = axis / (axis * axis).sum(-1, keepdim=True)
-    u = ((xs[None, None, :] - c0[:, 0, None, None]) * axis[:, 0, None, None]
-         + (ys[None, :, None] - c0[:, 1, None, None]) * axis[:, 1, None, None])
-    mid = 1.0 - (2.0 * u - 1.0).abs()  # (B, H, W) 0 at the corners, 1 mid
-
+    v = (d_up / (d_up + d_lo).clamp_min(1e-3)).clamp_(0.0, 1.0)  # 0 upper .. 1 lower
+    mid = 1.0 - (2.0 * u - 1.0).abs()  # 0 at the corners, 1 in the middle
     pal = torch.tensor((_CAVITY, _CAVITY_DEEP, _TONGUE, _TEETH), dtype=xs.dtype,
-                       device=xs.device)[:, :, None, None, None]  # (4, 3, 1, 1, 1)
-    b_ = lambda x: x[:, None]  # (B, H, W) -> (B, 1, H, W) to broadcast over RGB
+                       device=xs.device)[:, None, :, None, None]  # (4, 1, 3, 1, 1)
     # Cavity: darker towards the back of the mouth (middle of the opening).
-    depth = _smoothstep(mid * 1.6) * (1.0 - (2.0 * v - 1.0).abs())
-    rgb = torch.lerp(pal[0].transpose(0, 1), pal[1].transpose(0, 1), b_(depth))
+    depth = (_smoothstep(mid * 1.6) * (1.0 - (2.0 * v - 1.0).abs()))[:, None]
+    rgb = torch.lerp(pal[0], pal[1], depth)  # (B, 3, H, W)
     # Tongue: a muted hump in the lower part of a wide opening, kept off the
     # lower lip by a dark rim: a lip-coloured tongue touching the lip made
     # the lip read (to mediapipe too) as thicker and the mouth as less open.
     open_rel = (gap / width.clamp_min(1.0))[:, None, None]  # (B, 1, 1)
     tongue = _smoothstep((v - 0.55) / 0.2) * (1.0 - _smoothstep((v - 0.8) / 0.12)) \
         * _smoothstep((open_rel - 0.15) / 0.4) * _smoothstep(mid * 2.0)
-    rgb = torch.lerp(rgb, pal[2].transpose(0, 1), 0.7 * b_(tongue))
-    rgb = rgb * tone[:, None, None, None].clamp(0.6, 1.15)  # (B, 3, H, W)
+    rgb = torch.lerp(rgb, pal[2], 0.7 * tongue[:, None])
+    rgb = rgb * tone.clamp(0.6, 1.15).view(b, 1, 1, 1)
     # Upper teeth: a band under the upper lip, its height proportional to the
     # opening and capped at real incisor height relative to mouth width.
     teeth_h = torch.minimum(0.38 * gap, 0.13 * width)[:, None, None]  # (B, 1, 1)
     soft = (0.25 * teeth_h).clamp_min(0.8)
-    band = _smoothstep((teeth_h - d_up) / soft + 0.5)
-    band = band * _smoothstep((mid - 0.12) / 0.35)  # fades before the corners
+    band = _smoothstep((teeth_h - d_up) / soft + 0.5) * _smoothstep((mid - 0.12) / 0.35)
     # Shade teeth: darker towards the corners (they recede into the mouth),
     # in the lip's shadow right under it, and faint gaps between the teeth
     # (~9 visible across the mouth, a gap at the midline).
-    shade = 0.5 + 0.5 * _smoothstep(mid / 0.8)
-    shade = shade * (0.8 + 0.2 * _smoothstep(d_up / (0.5 * teeth_h).clamp_min(0.8)))
+    shade = (0.5 + 0.5 * _smoothstep(mid / 0.8)) \
+        * (0.8 + 0.2 * _smoothstep(d_up / (0.5 * teeth_h).clamp_min(0.8)))
     phase = torch.frac((u - 0.5) * 9.0 + 100.0)  # 0 at a gap, per tooth 0..1
     shade = shade * (1.0 - 0.1 * _smoothstep(1.0 - (phase - 0.5).abs() * 8.0))
-    shade = shade * tone[:, None, None].clamp(0.7, 1.0)
-    teeth = pal[3].transpose(0, 1) * b_(shade)  # (B, 3, H, W)
-    rgb = torch.lerp(rgb, teeth, b_(band)).clamp_(0.0, 1.0)
+    shade = shade * tone.clamp(0.7, 1.0).view(b, 1, 1)
+    rgb = torch.lerp(rgb, pal[3] * shade[:, None], band[:, None]).clamp_(0.0, 1.0)
     return rgb, cover
 
 
-def _fill_mouth(out: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, c: _Consts,
-                tone: torch.Tensor, open_px: tuple[float, float]) -> torch.Tensor:
+def _fill_mouth(out: torch.Tensor, gap_src: torch.Tensor, dst: torch.Tensor,
+                c: _Consts, tone: torch.Tensor, open_px: tuple[float, float]
+                ) -> torch.Tensor:
     """Blend the synthetic interior into out (B,3,S,S), in place, where the
-    driving mouth opens wider than the portrait's. src, dst: (B, 478, 2)."""
+    driving mouth opens wider than the portrait's. gap_src: (B,) portrait
+    opening (mouth_gap); dst: (B, 478, 2)."""
     s = c.size
     unit = s / 256.0  # thresholds are tuned at S = 256
-    gap_d, gap_s = mouth_gap(dst), mouth_gap(src)  # (B,)
-    excess = gap_d - gap_s
-    alpha = _smoothstep((excess - open_px[0] * unit) / (open_px[1] * unit))  # (B,)
+    gap_d = mouth_gap(dst)  # (B,)
+    alpha = _smoothstep((gap_d - gap_src - open_px[0] * unit) / (open_px[1] * unit))
     if not bool((alpha > 0).any()):
         return out
-    poly = dst[:, list(_MOUTH_POLY)]  # (B, 20, 2)
-    width = (dst[:, INNER_LIP_UPPER[-1]] - dst[:, INNER_LIP_UPPER[0]]).norm(dim=-1)
-    feather = (0.06 * gap_d).clamp(0.9 * unit, 2.5 * unit)
-    # Work only on the union bounding box of the polygons (plus feather).
-    pad = 3.0 * unit
-    lo = (poly.amin(dim=(0, 1)) - pad).floor().clamp(0, s - 1)
-    hi = (poly.amax(dim=(0, 1)) + pad).ceil().clamp(0, s - 1)
-    x0, y0, x1, y1 = (int(v) for v in (lo[0], lo[1], hi[0], hi[1]))
+    feather = (0.06 * gap_d).clamp(0.9 * unit, 2.5 * unit)  # (B,)
+    # Work only on the union bounding box of the inner lips (plus feather),
+    # kept off the still border so the paste-back seam is never painted.
+    lips = dst[:, list(INNER_LIP_UPPER + INNER_LIP_LOWER)]  # (B, 22, 2)
+    box = torch.cat([lips.amin(dim=(0, 1)) - 3.0 * unit, lips.amax(dim=(0, 1))
+                     + 3.0 * unit]).clamp_(c.still_px, s - 1 - c.still_px).tolist()
+    x0, y0 = int(box[0]), int(box[1])
+    x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
     if x1 <= x0 or y1 <= y0:
         return out
     xs = torch.arange(x0, x1 + 1, device=out.device, dtype=out.dtype)  # (w,)
     ys = torch.arange(y0, y1 + 1, device=out.device, dtype=out.dtype)  # (h,)
-    rgb, cover = _mouth_layer(poly, xs, ys, gap_d, width, feather, tone)
-    # Keep the border untouched even for absurd driving input.
-    win = c.fade[:, :1, y0:y1 + 1, x0:x1 + 1] * (s / 2.0)  # (1, 1, h, w) in [0, 1]
-    k = cover[:, None] * alpha[:, None, None, None] * win  # (B, 1, h, w)
+    rgb, cover = _mouth_layer(dst, xs, ys, gap_d, feather, tone)
+    k = cover[:, None] * alpha.view(-1, 1, 1, 1)  # (B, 1, h, w)
     roi = out[:, :, y0:y1 + 1, x0:x1 + 1]
     roi.copy_(torch.lerp(roi, rgb, k))
     return out
@@ -426,6 +460,7 @@ class _Prepared:
     src: torch.Tensor  # (B, N, 2) landmarks, crop px
     ctrl: torch.Tensor  # (B, M, 2) control points (full mesh) or src
     tone: torch.Tensor | None  # (B,) palette brightness (full mesh only)
+    gap: torch.Tensor | None  # (B,) inner-lip opening, px (full mesh only)
 
 
 def _as_points(lms, device: torch.device) -> torch.Tensor:
@@ -439,30 +474,33 @@ def _as_points(lms, device: torch.device) -> torch.Tensor:
 def _prepare(image: torch.Tensor, src: torch.Tensor, c: _Consts, o: _Opts
              ) -> _Prepared:
     if src.shape[1] != 478:
-        return _Prepared(image, src, src, None)
+        return _Prepared(image, src, src, None, None)
     # Lids / lips that nearly touch in the photo get the same push as the
     # driving ones (see _keep_open), so an identity drive stays an identity.
-    ctrl = _control_points(_keep_open(src, o.min_gap * c.size / 256.0))
-    return _Prepared(image, src, ctrl, _skin_tone(image, src))
+    ctrl = _control_points(_keep_open(src, o.min_gap * c.size / 256.0, c.open_idx), c)
+    return _Prepared(image, src, ctrl, _skin_tone(image, src), mouth_gap(src))
 
 
 def _render(p: _Prepared, dst: torch.Tensor, c: _Consts, o: _Opts) -> torch.Tensor:
     """dst: (B, N, 2) -> (B, 3, S, S)."""
     full = p.tone is not None
-    ctrl_dst = _control_points(_keep_open(dst, o.min_gap * c.size / 256.0)) \
-        if full else dst  # (B, M, 2)
-    flow = _tps_flow(c, p.ctrl, ctrl_dst, o.lam)  # (B, S, S, 2)
-    out = F.grid_sample(p.image, c.base + flow, mode="bilinear",
-                        padding_mode="border", align_corners=False)  # (B,3,S,S)
+    if full:
+        held = _keep_open(dst, o.min_gap * c.size / 256.0, c.open_idx)
+        ctrl_dst = _control_points(held, c)  # (B, M, 2)
+    else:
+        ctrl_dst = dst
+    grid = _sampling_grid(c, p.ctrl, ctrl_dst, o.lam)  # (B, S, S, 2)
+    out = F.grid_sample(p.image, grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)  # (B, 3, S, S)
     if o.mouth and full:
-        out = _fill_mouth(out, p.src, dst, c, p.tone, o.open_px)
+        out = _fill_mouth(out, p.gap, dst, c, p.tone, o.open_px)
     return out
 
 
 def warp_guide(portrait: torch.Tensor, src, dst, *, grid: int = 48,
-               lam: float = 1e-5, mouth: bool = True, border_px: float = 3.0,
-               fade_frac: float = 0.12, open_px: tuple[float, float] = (1.0, 3.0),
-               min_gap: float = 1.5, kernel: str = "tps") -> torch.Tensor:
+               lam: float = 1e-5, mouth: bool = True, fade_frac: float = 0.12,
+               open_px: tuple[float, float] = (1.0, 3.0), min_gap: float = 1.5,
+               kernel: str = "tps") -> torch.Tensor:
     """Warp portrait crops so that landmarks src move to dst.
 
     portrait: (B, 3, S, S) float in [0, 1], any device.
@@ -472,8 +510,8 @@ def warp_guide(portrait: torch.Tensor, src, dst, *, grid: int = 48,
     with any other N every point is a control point and no mouth is drawn.
     grid: coarse field resolution (the field is evaluated on grid x grid
     points and upsampled). lam: TPS ridge in unit coordinates.
-    border_px / fade_frac: motion is exactly 0 within border_px of the edge
-    and ramps up to full over fade_frac * S. open_px: (start, ramp) of the
+    Motion is exactly 0 within one coarse cell of the edge ((S-1)/(grid-1)
+    px, 5.4 px at the defaults) and ramps up to full over fade_frac * S. open_px: (start, ramp) of the
     mouth-interior fade-in, in px of extra opening at S = 256. min_gap: closed
     lids / lips are held this many px@256 apart. kernel: "tps" or "r3".
     Returns (B, 3, S, S) float in [0, 1].
@@ -486,8 +524,8 @@ def warp_guide(portrait: torch.Tensor, src, dst, *, grid: int = 48,
     if src.shape != dst.shape or src.shape[0] != portrait.shape[0]:
         raise ValueError(f"src {tuple(src.shape)} / dst {tuple(dst.shape)} do not "
                          f"match each other or the batch of {portrait.shape[0]}")
-    c = _make_consts(portrait.shape[-1], grid, dev, border_px=border_px,
-                     fade_frac=fade_frac, kernel=kernel)
+    c = _make_consts(portrait.shape[-1], grid, dev, fade_frac=fade_frac,
+                     kernel=kernel)
     o = _Opts(lam, mouth, open_px, min_gap)
     return _render(_prepare(portrait.float(), src, c, o), dst, c, o)
 
@@ -504,14 +542,14 @@ class MotionGuide:
 
     def __init__(self, crop_size: int = 256, device: str | torch.device = "cpu", *,
                  grid: int = 48, lam: float = 1e-5, mouth: bool = True,
-                 border_px: float = 3.0, fade_frac: float = 0.12,
+                 fade_frac: float = 0.12,
                  open_px: tuple[float, float] = (1.0, 3.0),
                  min_gap: float = 1.5, kernel: str = "tps") -> None:
         self.crop_size = int(crop_size)
         self.device = torch.device(device)
         self._o = _Opts(lam, mouth, open_px, min_gap)
         self._c = _make_consts(self.crop_size, grid, self.device,
-                               border_px=border_px, fade_frac=fade_frac,
+                               fade_frac=fade_frac,
                                kernel=kernel)
         self._p: _Prepared | None = None
 
