@@ -69,6 +69,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from kf_desktop.render import RenderRequest, render
 
     req = RenderRequest(portrait=Path(args.portrait), driver=args.driver and Path(args.driver),
+                        audio=getattr(args, "audio", None) and Path(args.audio),
                         out=Path(args.out), seconds=args.seconds, size=args.size,
                         fps=args.fps, mode=args.mode, device=args.device)
     result = render(req)
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="render a portrait driven by a video to mp4 (headless)")
     r.add_argument("--portrait", default=str(DEFAULT_PORTRAIT), help="portrait photo")
     r.add_argument("--driver", help="driving video (a talking-head clip)")
+    r.add_argument("--audio", help="speech WAV: drives the mouth (with idle head motion "
+                   "when there is no --driver) and becomes the video's sound track")
     r.add_argument("--seconds", type=positive_float, help="render at most this long")
     r.add_argument("--out", default="kf-render.mp4", help="output mp4 path")
     r.add_argument("--size", type=parse_size, default=(1280, 720), help="output WxH")
@@ -142,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="headless live streaming to the virtual camera")
     rn.add_argument("--camera", type=int, default=0, help="camera index")
     rn.add_argument("--video", help="drive from a video file instead of a camera (loops)")
+    rn.add_argument("--no-camera", action="store_true",
+                    help="no webcam: idle head motion (+ the mouth from --mic/--audio)")
+    rn.add_argument("--mic", nargs="?", const="default",
+                    help="drive the mouth from a microphone (name or index; default device)")
+    rn.add_argument("--audio", help="drive the mouth from a WAV played in real time (loops)")
     rn.add_argument("--portrait", default=str(DEFAULT_PORTRAIT))
     rn.add_argument("--vcam", action=argparse.BooleanOptionalAction, default=True,
                     help="publish to the virtual camera")

@@ -12,6 +12,7 @@ from pathlib import Path
 from kf_desktop.compute import resolve_device
 from kf_desktop.errors import UserError
 from kf_desktop.generators import make_generator
+from kf_desktop.idle_motion import IdleMotion
 from kf_desktop.session import Session, SessionConfig, SessionEvent
 from kf_desktop.sinks import NullSink, RecorderSink, VirtualCameraSink
 from kf_desktop.sources import CameraSource, VideoFileSource
@@ -29,14 +30,27 @@ def status_line(snap: dict) -> str:
 def run_live(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     w, h = args.size
+    source_factory = None
     if args.video:
         video = Path(args.video)
 
         def source_factory():
             return VideoFileSource(video, realtime=True, loop=True)
-    else:
+    elif not args.no_camera:
         def source_factory():
             return CameraSource(args.camera, size=(1280, 720), fps=30)
+
+    audio_factory = None
+    if args.audio:
+        from kf_desktop.audio.wav import WavSource
+
+        wav = Path(args.audio)
+        audio_factory = lambda: WavSource(wav, realtime=True, loop=True)  # noqa: E731
+    elif args.mic is not None:
+        from kf_desktop.audio.mic import MicSource
+
+        name = None if args.mic == "default" else args.mic
+        audio_factory = lambda: MicSource(name)  # noqa: E731
 
     sinks = []
     if args.vcam:
@@ -55,7 +69,8 @@ def run_live(args: argparse.Namespace) -> int:
     generator_factory = (lambda: make_generator(args.mode, device))
     config = SessionConfig(portrait=args.portrait, source_factory=source_factory,
                            out_size=(w, h), fps=args.fps, device=device,
-                           generator_factory=generator_factory)
+                           generator_factory=generator_factory, audio_factory=audio_factory,
+                           idle_motion=IdleMotion(seed=0))
     session = Session(config, sinks, on_event=on_event)
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -6,11 +6,15 @@ from the driver frame at the same time, so the result is reproducible.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kf_desktop.audio_track import AudioTrack
 from kf_desktop.compute import resolve_device
 from kf_desktop.errors import UserError
 from kf_desktop.face import FaceAnalyzer
@@ -27,6 +31,7 @@ class RenderRequest:
     portrait: Path
     driver: Path | None
     out: Path
+    audio: Path | None = None
     seconds: float | None = None
     size: tuple[int, int] = (1280, 720)
     fps: float | None = None
@@ -46,39 +51,72 @@ class RenderResult:
     wall_seconds: float
 
 
+#: Beyond this head turn the webcam mouth is unreliable and audio takes over.
+AUDIO_TAKEOVER_YAW = 35.0
+
+
 def render(req: RenderRequest, progress: bool = True) -> RenderResult:
-    if req.driver is None:
-        raise UserError("nothing drives the portrait", "pass --driver VIDEO")
+    if req.driver is None and req.audio is None:
+        raise UserError("nothing drives the portrait",
+                        "pass --driver VIDEO, --audio SPEECH.wav, or both")
     device = resolve_device(req.device)
-    source = VideoFileSource(req.driver, realtime=False)
-    source.open()  # fails fast on a missing or corrupt driver
+    track = AudioTrack(req.audio) if req.audio is not None else None
+    source = VideoFileSource(req.driver, realtime=False) if req.driver else None
+    if source is not None:
+        source.open()  # fails fast on a missing or corrupt driver
     try:
-        fps = float(req.fps or source.fps)
+        fps = float(req.fps or (source.fps if source else 25.0))
         with FaceAnalyzer(static=True, max_faces=2) as still:
             portrait = load_portrait(req.portrait, still, crop_size=req.crop_size)
         generator = make_generator(req.mode, device)
         recorder = RecorderSink(req.out, req.size[0], req.size[1], fps)
         recorder.start()  # fails fast on an unwritable output path
         try:
-            return _render_frames(req, source, portrait, generator, recorder, fps, device,
-                                  progress)
+            result = _render_frames(req, source, track, portrait, generator, recorder, fps,
+                                    device, progress)
         except BaseException:
             recorder.abort()
             raise
     finally:
-        source.close()
+        if source is not None:
+            source.close()
+    if track is not None:
+        mux_audio(result.path, track.path, result.seconds)
+    return result
 
 
-def _render_frames(req, source, portrait, generator, recorder, fps, device,
+def mux_audio(video: Path, wav: Path, seconds: float) -> None:
+    """Put the speech into the rendered mp4 (AAC), when ffmpeg is available."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        print("note: ffmpeg not found, the video has no sound track", file=sys.stderr)
+        return
+    tmp = video.with_name(f".{video.stem}.mux.mp4")
+    cmd = [ffmpeg, "-v", "error", "-y", "-i", str(video), "-i", str(wav), "-map", "0:v",
+           "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k", "-t", f"{seconds:.3f}",
+           "-movflags", "+faststart", str(tmp)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not add the sound track: {res.stderr.strip()[-300:]}",
+                        "check free disk space; the silent video was kept at " + str(video))
+    os.replace(tmp, video)
+
+
+def _render_frames(req, source, track, portrait, generator, recorder, fps, device,
                    progress) -> RenderResult:
     t_start = time.monotonic()
     renderer = AvatarRenderer(portrait, out_size=req.size, device=device, generator=generator)
-    src_fps = source.fps
+    src_fps = source.fps if source else fps
     total = None
     if req.seconds is not None:
         total = int(round(req.seconds * fps))
-    elif source.frame_count:
+    elif source is not None and source.frame_count:
         total = int(source.frame_count / src_fps * fps)
+    if track is not None and req.seconds is None:
+        # The speech sets the length (a shorter driver ends the render first).
+        audio_frames = int(track.duration * fps)
+        total = audio_frames if total is None else min(total, audio_frames)
     bar = ProgressBar("rendering", total or 0, stream=sys.stderr) if progress else None
     written = 0
     src_index = -1
@@ -88,19 +126,24 @@ def _render_frames(req, source, portrait, generator, recorder, fps, device,
         j = 0
         while total is None or j < total:
             # The driver frame shown at output time j / fps (resamples fps).
-            want = int(j / fps * src_fps + 1e-6)
-            face_frame = None
-            while src_index < want:
-                frame = source.read()
-                if frame is None:
+            t = j / fps
+            face = None
+            if source is not None:
+                want = int(t * src_fps + 1e-6)
+                while src_index < want:
+                    frame = source.read()
+                    if frame is None:
+                        break
+                    src_index += 1
+                if frame is None or src_index < want:
                     break
-                src_index += 1
-            if frame is None or src_index < want:
-                break
-            face = analyzer.analyze(frame.image)
-            if face is None:
-                faces_missing += 1
-            face_frame = DrivingSignal(timestamp=j / fps, face=face, index=j)
+                face = analyzer.analyze(frame.image)
+                if face is None:
+                    faces_missing += 1
+                elif track is not None and abs(face.yaw) > AUDIO_TAKEOVER_YAW:
+                    face = None  # turned away: the audio mouth and idle motion lead
+            params = track.params(t) if track is not None else None
+            face_frame = DrivingSignal(timestamp=t, face=face, params=params, index=j)
             for out in renderer.step(face_frame):
                 recorder.submit(out.image, out.timestamp)
                 written += 1

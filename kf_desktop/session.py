@@ -54,6 +54,11 @@ class SessionConfig:
     #: Motion used whenever no face drives the avatar: t -> MotionParams.
     idle_motion: Callable[[float], MotionParams | None] | None = None
     generator_factory: Callable[[], Generator] | None = None
+    #: Builds the audio source (MicSource / WavSource); None = no audio. With
+    #: audio, the mouth follows speech whenever no face drives it (mic-only
+    #: mode, face lost, or head turned beyond ``audio_takeover_yaw``).
+    audio_factory: Callable[[], object] | None = None
+    audio_takeover_yaw: float = 35.0
 
 
 class Session:
@@ -76,6 +81,9 @@ class Session:
         self._source_ok = False
         self._started_sinks: list[FrameSink] = []
         self._running = False
+        self._audio = None
+        self._audio_motion: Callable[[float], MotionParams] | None = None
+        self._audio_lost = False
 
     # -- events -------------------------------------------------------------
     def _emit(self, level: str, code: str, message: str, hint: str = "") -> None:
@@ -115,6 +123,14 @@ class Session:
                 self._source = cfg.source_factory()
                 self._source.open()
                 self._source_ok = True
+            if cfg.audio_factory is not None:
+                from kf_desktop.audio.mix import AudioMotion
+
+                self._audio = cfg.audio_factory()
+                self._audio.open()
+                # Live: the call's audio is not delayed, so look-ahead would only
+                # make the mouth lag the voice; keep it short.
+                self._audio_motion = AudioMotion(self._audio, lookahead_ms=20.0)
             for sink in self.sinks:
                 sink.start()
                 self._started_sinks.append(sink)
@@ -149,6 +165,10 @@ class Session:
         if self._source is not None:
             self._source.close()
             self._source = None
+        if self._audio is not None:
+            self._audio.close()
+            self._audio = None
+            self._audio_motion = None
         for sink in reversed(self._started_sinks):
             try:
                 sink.stop()
@@ -207,12 +227,32 @@ class Session:
         snap = self.stats.snapshot()
         snap["dropped"] = {"drive": self._drive_q.dropped, "output": self._out_q.dropped}
         snap["source_ok"] = self._source_ok
+        if self._audio is not None:
+            snap["audio"] = self._audio.stats()
         snap["sinks"] = {type(s).__name__: s.stats() for s in self.sinks}
         return snap
 
     # -- threads ------------------------------------------------------------
+    def _watch_audio(self) -> None:
+        """Report microphone loss/recovery (the mic reconnects by itself)."""
+        audio = self._audio
+        if audio is None:
+            return
+        lost = bool(getattr(audio, "lost", False))
+        if lost != self._audio_lost:
+            self._audio_lost = lost
+            if lost:
+                self._emit("warning", "mic_lost",
+                           f"microphone lost: {getattr(audio, 'error', '') or 'no audio'}",
+                           "reconnect the microphone; the avatar keeps running with a closed mouth")
+            else:
+                self._emit("info", "mic_restored", "microphone is back")
+
     def _idle_signal(self, now: float) -> DrivingSignal:
-        params = self.config.idle_motion(now) if self.config.idle_motion else None
+        # Called from the capture thread only (AudioMotion is single-threaded).
+        self._watch_audio()
+        motion = self._audio_motion or self.config.idle_motion
+        params = motion(now) if motion else None
         return DrivingSignal(timestamp=now, face=None, params=params)
 
     def _capture_loop(self) -> None:
@@ -256,9 +296,13 @@ class Session:
             analyzer.close()
 
     def _analyze(self, analyzer: FaceAnalyzer, frame: Frame) -> DrivingSignal:
+        self._watch_audio()
         self.stats.tick("capture")
         with Timer(self.stats, "face"):
             face = analyzer.analyze(frame.image)
+        if face is not None and self._audio_motion is not None \
+                and abs(face.yaw) > self.config.audio_takeover_yaw:
+            face = None  # turned away: the webcam mouth is unreliable, audio leads
         if face is None:
             self.stats.count("no_face")
             idle = self._idle_signal(frame.timestamp)
