@@ -90,7 +90,10 @@ def letterbox(image: np.ndarray, out_size: tuple[int, int], *,
     h_in, w_in = image.shape[:2]
     out_w, out_h = out_size
     g = letterbox_geometry((w_in, h_in), out_size)
-    t = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    # Copy when the caller's array is read-only (torch would warn and could
+    # not promise not to write into it).
+    arr = image if image.flags.writeable else image.copy()
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
     t = t.permute(2, 0, 1)[None].float()  # (1, 3, H, W) in [0, 255]
     t = _resize(t, (g.h, g.w))[0]  # (3, h, w)
     out = np.zeros((out_h, out_w, 3), np.uint8)
