@@ -562,7 +562,8 @@ class MotionGuide:
             if crop.shape != (s, s, 3) or crop.dtype != np.uint8:
                 raise ValueError(f"crop must be ({s}, {s}, 3) uint8, got "
                                  f"{crop.shape} {crop.dtype}")
-            t = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device)
+            # Copy once per portrait: the caller's array may be read-only.
+            t = torch.from_numpy(np.array(crop)).to(self.device)
             t = t.permute(2, 0, 1).float().div_(255.0)  # (3, S, S)
         else:
             if tuple(crop.shape) != (3, s, s):

@@ -185,7 +185,8 @@ class PasteBack:
         f32 = dict(device=self.device, dtype=torch.float32)
         self._grid = grid[None].to(**f32)  # (1, h_roi, w_roi, 2)
         self._mask = mask.to(**f32)[None]  # (1, h_roi, w_roi)
-        self._roi_base = torch.from_numpy(np.ascontiguousarray(roi_base)).to(
+        # Own copy: the base is read-only and torch wants writable memory.
+        self._roi_base = torch.from_numpy(np.array(roi_base)).to(
             self.device).permute(2, 0, 1).float()  # (3, h_roi, w_roi) in [0, 255]
 
     @property
