@@ -82,6 +82,7 @@ def measure_stages(portrait, clip: Path, out_size, device: str, mode: str,
     stats = RollingStats(window=frames)
     renderer = AvatarRenderer(portrait, out_size=out_size, device=device,
                               generator=make_generator(mode, device), stats=stats)
+    renderer.configure_thread()
     vc = MemoryVcam(keep_last=1, name="kf_bench_stages")
     vc.register()
     sink = VirtualCameraSink(out_size[0], out_size[1], 1000.0, backend=vc.name)

@@ -84,6 +84,15 @@ class AvatarRenderer:
         with self._lock:
             self._reset_neutral = True
 
+    def configure_thread(self) -> None:
+        """Call once from the thread that will run ``step``. Guide-only work is
+        a few small ops per frame: on CPU a second intra-op thread only fights
+        the capture thread (mediapipe) for the cores; measured 3-10x slower
+        with the default 2 threads on a 2-core machine. (torch's setting may
+        be process-wide; nothing else in the guide-only process needs more.)"""
+        if self.device.type == "cpu" and isinstance(self.generator, GuideOnlyGenerator):
+            torch.set_num_threads(1)
+
     @property
     def portrait(self) -> Portrait:
         return self._portrait

@@ -107,6 +107,7 @@ def _render_frames(req, source, track, portrait, generator, recorder, fps, devic
                    progress) -> RenderResult:
     t_start = time.monotonic()
     renderer = AvatarRenderer(portrait, out_size=req.size, device=device, generator=generator)
+    renderer.configure_thread()
     src_fps = source.fps if source else fps
     total = None
     if req.seconds is not None:

@@ -320,6 +320,7 @@ class Session:
     def _engine_loop(self) -> None:
         renderer = self._renderer
         assert renderer is not None
+        renderer.configure_thread()
         while not self._stop.is_set():
             signal = self._drive_q.get(timeout=0.1)
             if signal is None:
