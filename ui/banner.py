@@ -22,6 +22,7 @@ def _sentence(text: str) -> str:
 
 class Banner(QFrame):
     dismissed = Signal(str)  # code
+    expired = Signal(object)  # self, when its expiry timer ran out
 
     def __init__(self, level: str, code: str, message: str, hint: str = "",
                  actions: list[Action] | None = None, parent: QWidget | None = None,
@@ -67,7 +68,7 @@ class Banner(QFrame):
             b.setObjectName("bannerAction")
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             b.setCursor(Qt.CursorShape.PointingHandCursor)
-            b.clicked.connect(callback)
+            b.clicked.connect(lambda _checked=False, f=callback: f())  # not clicked's bool
             row.addWidget(b, 0, Qt.AlignmentFlag.AlignVCenter)
             self.buttons[label] = b
         close = QToolButton()
@@ -78,6 +79,17 @@ class Banner(QFrame):
         close.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         close.clicked.connect(lambda: self.dismissed.emit(self.code))
         row.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+
+    def expire_after(self, ms: int) -> None:
+        # A child timer dies with the banner, so it can never fire for a
+        # banner that is gone (a context-object singleShot has been seen to).
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.timeout.connect(self._on_expired)
+        timer.start(ms)
+
+    def _on_expired(self) -> None:
+        self.expired.emit(self)
 
 
 class BannerArea(QWidget):
@@ -109,7 +121,8 @@ class BannerArea(QWidget):
             infos = [c for c, x in self._banners.items() if x.level == "info" and c != code]
             self.dismiss(infos[0] if infos else next(iter(self._banners)))
         if level == "info" and self.info_timeout_ms > 0:
-            QTimer.singleShot(self.info_timeout_ms, b, lambda: self._expire(b))
+            b.expired.connect(self._expire)
+            b.expire_after(self.info_timeout_ms)
         self.setVisible(True)
         self.changed.emit()
         return b

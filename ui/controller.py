@@ -101,6 +101,8 @@ class Controller(QObject):
         b.vcam_changed.connect(self._on_vcam)
         b.stats_updated.connect(self._on_stats)
         self.watcher.cameras_changed.connect(self._on_cameras)
+        w.camera_combo.popup_opening.connect(self.watcher.refresh)
+        w.mic_combo.popup_opening.connect(self.watcher.refresh)
         self.watcher.microphones_changed.connect(self._on_microphones)
         self._diagnostics_ready.connect(self._on_diagnostics)
         self._unexpected.connect(self._on_unexpected)

@@ -1,8 +1,11 @@
 """Camera and microphone pickers that follow devices as they come and go.
 
 ``DeviceWatcher`` asks the device layer for the lists every few seconds on a
-worker thread (enumerating can take a while: on Windows/macOS cameras are
-opened to probe them) and emits only when something changed. ``DeviceCombo``
+worker thread and emits only when something changed. Listing cameras is
+cheap on Linux (sysfs) but means opening each one on Windows/macOS, which
+must not happen every few seconds while a camera is streaming: there the
+cameras are listed at start, when the camera list is opened, and on "Check
+again" (``poll_cameras=False``). ``DeviceCombo``
 shows devices by name and keeps the user's choice by name: indices move
 when devices are plugged in, names mostly do not. A remembered device that is
 not connected stays selected, marked "(not connected)", so unplugging a
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import platform
 from typing import Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -30,8 +34,10 @@ class DeviceWatcher(QObject):
     microphones_changed = Signal(list)
 
     def __init__(self, list_cameras: ListFn, list_microphones: ListFn,
-                 interval_ms: int = 3000, parent: QObject | None = None) -> None:
+                 interval_ms: int = 3000, parent: QObject | None = None,
+                 poll_cameras: bool | None = None) -> None:
         super().__init__(parent)
+        self.poll_cameras = platform.system() == "Linux" if poll_cameras is None else poll_cameras
         self._list_cameras = list_cameras
         self._list_microphones = list_microphones
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ui-devices")
@@ -42,7 +48,7 @@ class DeviceWatcher(QObject):
         self.errors: dict[str, str] = {}
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self.refresh)
+        self.timer.timeout.connect(self._tick)
         self._polled.connect(self._on_polled)
 
     _polled = Signal(object, object)  # internal: worker -> GUI thread
@@ -51,14 +57,18 @@ class DeviceWatcher(QObject):
         self.refresh()
         self.timer.start()
 
-    def refresh(self) -> None:
+    def refresh(self, cameras: bool = True) -> None:
+        """List devices now (on the worker thread)."""
         if self._in_flight or self._closed:
             return
         self._in_flight = True
-        self._pool.submit(self._poll)
+        self._pool.submit(self._poll, cameras)
 
-    def _poll(self) -> None:
-        cams = self._safe("cameras", self._list_cameras)
+    def _tick(self) -> None:
+        self.refresh(cameras=self.poll_cameras)
+
+    def _poll(self, cameras: bool = True) -> None:
+        cams = self._safe("cameras", self._list_cameras) if cameras else None
         mics = self._safe("microphones", self._list_microphones)
         if not self._closed:
             self._polled.emit(cams, mics)
@@ -95,6 +105,7 @@ class DeviceCombo(QComboBox):
     """A combo of DeviceEntry items, selection remembered by name."""
 
     selection_changed = Signal(object)  # DeviceEntry | None
+    popup_opening = Signal()  # a chance to refresh the list first
 
     def __init__(self, none_text: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -150,6 +161,10 @@ class DeviceCombo(QComboBox):
 
     def devices(self) -> list[DeviceEntry]:
         return list(self._devices)
+
+    def showPopup(self) -> None:
+        self.popup_opening.emit()
+        super().showPopup()
 
     def _on_index(self, _index: int) -> None:
         if self._updating:

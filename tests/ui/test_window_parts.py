@@ -186,6 +186,32 @@ def test_device_pickers_follow_devices_and_keep_the_choice(qtbot):
         watcher.shutdown()
 
 
+def test_cameras_are_not_probed_on_a_timer_where_listing_opens_them(qtbot):
+    calls = {"cams": 0, "mics": 0}
+
+    def cams():
+        calls["cams"] += 1
+        return [TEST_CAMERA]
+
+    def mics():
+        calls["mics"] += 1
+        return []
+
+    watcher = DeviceWatcher(cams, mics, interval_ms=30, poll_cameras=False)  # Windows/macOS
+    combo = DeviceCombo("No camera found")
+    qtbot.addWidget(combo)
+    combo.popup_opening.connect(watcher.refresh)
+    watcher.start()
+    try:
+        qtbot.waitUntil(lambda: calls["mics"] >= 5)
+        assert calls["cams"] == 1  # only the first listing
+        combo.showPopup()
+        qtbot.waitUntil(lambda: calls["cams"] == 2)
+        combo.hidePopup()
+    finally:
+        watcher.shutdown()
+
+
 def test_a_broken_device_list_does_not_break_the_window(qtbot):
     def boom():
         raise OSError("PortAudio exploded")

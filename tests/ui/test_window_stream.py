@@ -30,6 +30,17 @@ def _click(qtbot, button):
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
+def _wait_running(qtbot, ctl, timeout=START_TIMEOUT):
+    """Wait for the stream to run; fail at once, with the banner's text, if
+    it could not start (instead of waiting out the timeout)."""
+    banners = ctl.window.banners
+    # (a bool, not None: pytest-qt treats a callback returning None as an assertion)
+    qtbot.waitUntil(lambda: ctl.bridge.state == "running"
+                    or banners.banner("start_failed") is not None, timeout=timeout)
+    failed = banners.banner("start_failed")
+    assert failed is None, f"the stream did not start: {failed.message} ({failed.hint})"
+
+
 def test_start_preview_vcam_switch_gains_pause_stop(qtbot, make_window, clip_path, mem_vcam,
                                                     portrait_path, tmp_path):
     ctl = make_window(file_services(clip_path, mem_vcam.name))
@@ -39,7 +50,7 @@ def test_start_preview_vcam_switch_gains_pause_stop(qtbot, make_window, clip_pat
     # -- start: frames reach the preview and the virtual camera -------------
     _click(qtbot, w.start_button)
     assert w.start_button.text() == "Starting…"  # returned at once; the work is off-thread
-    qtbot.waitUntil(lambda: bridge.state == "running", timeout=START_TIMEOUT)
+    _wait_running(qtbot, ctl)
     qtbot.waitUntil(lambda: w.preview.frames_shown >= 15 and mem_vcam.instances
                     and mem_vcam.last.count >= 15, timeout=30_000)
     assert w.start_button.text() == "Stop"
@@ -130,10 +141,10 @@ def test_no_camera_and_no_vcam_driver_banners_stream_still_runs(qtbot, make_wind
     qtbot.waitUntil(lambda: ctl.watcher.cameras == [], timeout=5_000)
     assert w.camera_combo.currentText() == "No camera found"
     _click(qtbot, w.start_button)
-    qtbot.waitUntil(lambda: bridge.state == "running", timeout=START_TIMEOUT)
+    _wait_running(qtbot, ctl)
 
     no_cam = w.banners.banner("no_camera")
-    assert no_cam is not None and no_cam.level == "warning"
+    assert no_cam is not None and no_cam.level == "warning", w.banners.codes()
     assert "no camera" in no_cam.message.lower() and "Use microphone only" in no_cam.buttons
     # The stream runs on idle motion: frames keep reaching the preview.
     qtbot.waitUntil(lambda: w.preview.frames_shown >= 10, timeout=30_000)
@@ -203,7 +214,8 @@ def test_camera_unplugged_mid_stream_banner_and_stream_continues(qtbot, make_win
     ctl = make_window(file_services(clip_path, mem_vcam.name, source=source))
     w, bridge = ctl.window, ctl.bridge
     _click(qtbot, w.start_button)
-    qtbot.waitUntil(lambda: w.banners.banner("source_lost") is not None, timeout=START_TIMEOUT)
+    _wait_running(qtbot, ctl)
+    qtbot.waitUntil(lambda: w.banners.banner("source_lost") is not None, timeout=30_000)
     b = w.banners.banner("source_lost")
     assert b.level == "warning" and "stopped delivering" in b.message
     assert "Choose camera" in b.buttons
@@ -236,8 +248,8 @@ def test_generator_and_gpu_unavailable_fall_back_with_banners(qtbot, make_window
     ctl = make_window(file_services(clip_path, mem_vcam.name, make_generator=no_model), ini)
     w, bridge = ctl.window, ctl.bridge
     _click(qtbot, w.start_button)
-    qtbot.waitUntil(lambda: bridge.state == "running" and w.preview.frames_shown >= 10,
-                    timeout=START_TIMEOUT)
+    _wait_running(qtbot, ctl)
+    qtbot.waitUntil(lambda: w.preview.frames_shown >= 10, timeout=30_000)
     gb = w.banners.banner("generator_unavailable")
     assert gb is not None and "guide" in gb.message and "Use guide only" in gb.buttons
     import torch  # the test may; the window may not
