@@ -29,8 +29,10 @@ ICON_DIR = Path(__file__).resolve().parent.parent / "resources" / "icons"
 
 
 def log_dir() -> Path:
-    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
-    return Path(base or Path.home() / ".kf-desktop") / "logs"
+    """~/.local/share/kf-desktop/logs, %LOCALAPPDATA%\\kf-desktop\\logs,
+    ~/Library/Application Support/kf-desktop/logs."""
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericDataLocation)
+    return Path(base or Path.home() / ".local" / "share") / APP_NAME / "logs"
 
 
 def app_icon() -> QIcon:

@@ -131,6 +131,7 @@ class Controller(QObject):
         self._on_vcam(VcamStatus("off"))
         self._update_enabled()
         self.watcher.start()
+        self.bridge.probe_vcam()
 
     # -- construction helpers -------------------------------------------------
     def _action(self, text: str, slot: Callable, key: str = "") -> QAction:
@@ -201,11 +202,13 @@ class Controller(QObject):
         s.compute_device = w.device_combo.currentData()
         s.gains = w.gains_panel.gains()
         self._update_enabled()
+        vcam_was = self.bridge.options.vcam_enabled
         if not w.vcam_check.isChecked():
             self.window.banners.dismiss("vcam_missing")
         self.bridge.update_options(self.options())
-        if self.bridge.state == STOPPED:
+        if self.bridge.state == STOPPED and w.vcam_check.isChecked() != vcam_was:
             self._on_vcam(VcamStatus("off"))
+            self.bridge.probe_vcam()
 
     def _on_cameras(self, devices: list) -> None:
         self.window.camera_combo.set_devices(devices)
@@ -307,7 +310,8 @@ class Controller(QObject):
             w.banners.dismiss("vcam_failed")
             w.set_vcam_text("on", st.text, f"{st.device} ({st.backend})")
         elif w.vcam_check.isChecked():
-            w.set_vcam_text("off", "Starts with the stream")
+            w.set_vcam_text("off", st.text if st.device else "Starts with the stream",
+                            "opens when the stream starts")
         else:
             w.set_vcam_text("off", "Off")
 

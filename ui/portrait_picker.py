@@ -119,7 +119,7 @@ class PortraitPicker(QWidget):
         self.recent_list.setMovement(QListWidget.Movement.Static)
         self.recent_list.setIconSize(QSize(self.RECENT, self.RECENT))
         self.recent_list.setGridSize(QSize(self.RECENT + 8, self.RECENT + 8))
-        self.recent_list.setFixedHeight(self.RECENT + 22)
+        self.recent_list.setFixedHeight(self.RECENT + 12)
         self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.recent_list.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.recent_list.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)

@@ -67,6 +67,18 @@ def make_vcam(opts: StreamOptions, mirror: bool, backend: str | None = None) -> 
     return VirtualCameraSink(w, h, opts.fps, backend=backend, mirror=mirror)
 
 
+def probe_vcam(opts: StreamOptions, backend: str | None = None) -> tuple[bool, str, str]:
+    """Open and close the virtual camera once: (ok, device or reason, fix).
+    Only while not streaming (the device is busy then)."""
+    from kf_desktop import sinks
+
+    probe = getattr(sinks, "probe_virtual_camera", None)
+    if probe is None:
+        return True, "", ""
+    w, h = opts.out_size
+    return probe(w, h, opts.fps, backend=backend)
+
+
 def vcam_fix(system: str | None = None) -> str:
     from kf_desktop.sinks import vcam_setup_hint
 
@@ -154,6 +166,7 @@ class Services:
     open_camera: Callable[[DeviceEntry, StreamOptions], Any] = open_camera
     open_mic: Callable[[DeviceEntry, StreamOptions], Any] | None = open_mic
     make_vcam: Callable[[StreamOptions, bool], Any] = make_vcam
+    probe_vcam: Callable[[StreamOptions], tuple[bool, str, str]] = probe_vcam
     vcam_fix: Callable[[], str] = vcam_fix
     load_portrait: Callable[[str], Any] = load_portrait
     resolve_device: Callable[[str], str] = resolve_device

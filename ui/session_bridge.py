@@ -174,6 +174,12 @@ class SessionBridge(QObject):
         if self._state in (STARTING, RUNNING):
             self._submit(self._op_restart)  # decides on the worker, after a pending start
 
+    def probe_vcam(self) -> None:
+        """Check, before streaming, that a virtual camera can be opened (the
+        status then says "Ready" or how to install one)."""
+        if self._state == STOPPED and self.options.vcam_enabled:
+            self._submit(self._op_probe_vcam)
+
     def set_portrait_path(self, path: str) -> None:
         """The portrait to start with, unchecked (it was accepted before; the
         session checks it again when it starts)."""
@@ -390,6 +396,20 @@ class SessionBridge(QObject):
                              "the details are in the log; Help > Copy diagnostics")
             return
         self._set_state(RUNNING)
+
+    def _op_probe_vcam(self) -> None:
+        if self._session is not None or self._slot.is_open or not self.options.vcam_enabled:
+            return  # streaming (the device is ours and busy) or switched off
+        try:
+            ok, detail, fix = self.services.probe_vcam(self.options)
+        except Exception as e:
+            log.exception("virtual camera probe failed")
+            ok, detail, fix = False, f"{type(e).__name__}: {e}", self.services.vcam_fix()
+        if ok:  # detail: "<device> (<backend>)"
+            device, _, backend = detail.partition(" (")
+            self.vcam_changed.emit(VcamStatus("off", device=device, backend=backend.rstrip(")")))
+        else:
+            self.vcam_changed.emit(VcamStatus("error", message=detail, hint=fix))
 
     def _op_vcam(self) -> None:
         enabled = self.options.vcam_enabled

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VcamStatus:
-    state: str  # "off" | "on" | "error"
+    state: str  # "off" (device: set when a probe found one) | "on" | "error"
     device: str = ""
     backend: str = ""
     message: str = ""
@@ -37,7 +37,7 @@ class VcamStatus:
             return f"Live on {self.device}" if self.device else "Live"
         if self.state == "error":
             return self.message or "virtual camera unavailable"
-        return "Off"
+        return f"Ready ({self.device})" if self.device else "Off"
 
 
 class VcamSlot:

@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from ui.options import DeviceEntry  # noqa: E402
-from ui.services import Services, make_vcam  # noqa: E402
+from ui.services import Services, make_vcam, probe_vcam  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = "cap13_edit2.mp4"
@@ -51,6 +51,7 @@ def file_services(clip: Path, vcam_backend: str | None, *,
         list_microphones=lambda: [],
         open_camera=source or (lambda entry, opts: VideoFileSource(clip, realtime=True, loop=True)),
         make_vcam=lambda opts, mirror: make_vcam(opts, mirror, backend=vcam_backend),
+        probe_vcam=lambda opts: probe_vcam(opts, backend=vcam_backend),
     )
     kw.update(overrides)
     return Services(**kw)

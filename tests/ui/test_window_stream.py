@@ -46,6 +46,8 @@ def test_start_preview_vcam_switch_gains_pause_stop(qtbot, make_window, clip_pat
     ctl = make_window(file_services(clip_path, mem_vcam.name))
     w, bridge = ctl.window, ctl.bridge
     assert w.start_button.text() == "Start" and not w.pause_button.isEnabled()
+    # probed at start-up, before streaming
+    qtbot.waitUntil(lambda: w.vcam_status.text() == "Ready (kf-mem-cam)", timeout=10_000)
 
     # -- start: frames reach the preview and the virtual camera -------------
     _click(qtbot, w.start_button)
@@ -140,6 +142,13 @@ def test_no_camera_and_no_vcam_driver_banners_stream_still_runs(qtbot, make_wind
     w, bridge = ctl.window, ctl.bridge
     qtbot.waitUntil(lambda: ctl.watcher.cameras == [], timeout=5_000)
     assert w.camera_combo.currentText() == "No camera found"
+    # Before streaming, the probe already says the virtual camera is missing
+    # (status + "How to install…"), without a banner yet.
+    qtbot.waitUntil(lambda: w.vcam_status.property("state") in ("error", "off")
+                    and w.vcam_status.text() != "Starts with the stream", timeout=10_000)
+    if w.vcam_status.property("state") == "error":
+        assert w.vcam_status.text() == "Not available" and w.vcam_fix_button.isVisible()
+        assert w.banners.banner("vcam_missing") is None
     _click(qtbot, w.start_button)
     _wait_running(qtbot, ctl)
 

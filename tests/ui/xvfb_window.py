@@ -44,9 +44,30 @@ def grab(ctl: Controller, path: Path) -> None:
     img.save(str(path))
 
 
-def make(services, tmp: Path, name: str) -> Controller:
+def recent_photos(tmp: Path, clip: Path) -> list[str]:
+    """Two more portraits for the 'recent' row: the astronaut flipped and a
+    frame of the driving clip."""
+    import cv2
+
+    from ui.services import DEFAULT_PORTRAIT
+
+    flipped = tmp / "astronaut-flipped.png"
+    cv2.imwrite(str(flipped), cv2.imread(str(DEFAULT_PORTRAIT))[:, ::-1])
+    cap = cv2.VideoCapture(str(clip))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 60)
+    ok, frame = cap.read()
+    cap.release()
+    still = tmp / "presenter.png"
+    if ok:
+        cv2.imwrite(str(still), frame)
+    return [str(p) for p in (still, flipped) if p.exists()]
+
+
+def make(services, tmp: Path, name: str, recent: list[str] = ()) -> Controller:
     store = SettingsStore.at(tmp / f"{name}.ini")
     store.out_size = (1280, 720)
+    for p in recent:
+        store.add_recent(p)
     store.sync()
     ctl = Controller(services, store, device_poll_ms=500)
     ctl.window.setGeometry(0, 0, 1280, 800)
@@ -64,7 +85,7 @@ def main(out_dir: str) -> int:
     result: dict = {"platform": app.platformName()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_p = Path(tmp)
-        ctl = make(file_services(clip, vc.name), tmp_p, "live")
+        ctl = make(file_services(clip, vc.name), tmp_p, "live", recent_photos(tmp_p, clip))
         ctl.bridge.start()
         ok = pump(app, 90, lambda: ctl.window.preview.frames_shown >= 40)
         pump(app, 1.5)  # let the overlay and the status bar settle
