@@ -42,6 +42,7 @@ class DeviceWatcher(QObject):
         self._list_microphones = list_microphones
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ui-devices")
         self._in_flight = False
+        self._again: str | None = None  # a refresh asked for while one ran
         self._closed = False
         self.cameras: list[DeviceEntry] | None = None
         self.microphones: list[DeviceEntry] | None = None
@@ -58,8 +59,13 @@ class DeviceWatcher(QObject):
         self.timer.start()
 
     def refresh(self, cameras: bool = True) -> None:
-        """List devices now (on the worker thread)."""
-        if self._in_flight or self._closed:
+        """List devices now (on the worker thread); if a listing is running,
+        right after it."""
+        if self._closed:
+            return
+        if self._in_flight:
+            if cameras or not self._again:
+                self._again = "cameras" if cameras else "mics"
             return
         self._in_flight = True
         self._pool.submit(self._poll, cameras)
@@ -86,6 +92,9 @@ class DeviceWatcher(QObject):
 
     def _on_polled(self, cams: list | None, mics: list | None) -> None:
         self._in_flight = False
+        if self._again:
+            again, self._again = self._again, None
+            self.refresh(cameras=again == "cameras")
         if cams is not None and cams != self.cameras:
             self.cameras = cams
             self.cameras_changed.emit(cams)
