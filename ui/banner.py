@@ -111,6 +111,9 @@ class BannerArea(QWidget):
 
     def show_banner(self, level: str, code: str, message: str, hint: str = "",
                     actions: list[Action] | None = None, detail: str = "") -> Banner:
+        old = self._banners.get(code)
+        if old is not None and (old.level, old.message, old.hint) == (level, message, hint):
+            return old  # a repeat (e.g. every frame): keep the one on screen
         self.dismiss(code)
         b = Banner(level, code, message, hint, actions, self, detail)
         b.dismissed.connect(self.dismiss)

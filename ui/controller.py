@@ -335,6 +335,9 @@ class Controller(QObject):
         if n.code == "source_restored":
             w.banners.dismiss("source_lost")
             w.banners.dismiss("camera_failed")
+        if n.code == "mic_restored":
+            w.banners.dismiss("mic_lost")
+            w.banners.dismiss("mic_failed")
         if n.code == "started":
             w.banners.dismiss("start_failed")
         if n.code in QUIET:
@@ -349,12 +352,18 @@ class Controller(QObject):
         w = self.window
         diag = ("Copy diagnostics", self.copy_diagnostics)
         choose_cam = ("Choose camera", lambda: (w.camera_combo.setFocus(), w.camera_combo.showPopup()))
+        choose_mic = ("Choose microphone", lambda: (w.mic_combo.setFocus(), w.mic_combo.showPopup()))
         return {
             "no_camera": [("Use microphone only", lambda: self.set_mode("mic")),
                           ("Check again", self.watcher.refresh)],
             "camera_failed": [choose_cam],
             "source_lost": [choose_cam],
             "no_mic": [("Check again", self.watcher.refresh)],
+            "mic_failed": [choose_mic],
+            "mic_lost": [choose_mic],
+            "engine_failed": [("Use guide only", lambda: self.set_generator("guide")), diag],
+            "capture_crashed": [diag],
+            "sink_failed": [diag],
             "vcam_missing": [("Copy fix", lambda: self._copy(fix_command(n.hint),
                                                              "Fix copied to the clipboard")),
                              ("Retry", self.bridge.retry_vcam)],

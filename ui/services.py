@@ -129,7 +129,7 @@ def make_session(*, opts: StreamOptions, device: str, portrait: Any, source_fact
     if generator is not None:
         kw["generator_factory"] = lambda: generator
     if mic_factory is not None:
-        for name in ("mic_factory", "audio_source_factory"):
+        for name in ("audio_factory", "mic_factory", "audio_source_factory"):
             if name in fields:
                 kw[name] = mic_factory
                 break

@@ -55,19 +55,11 @@ class PreviewFrame:
 
 
 class _ReportingSource:
-    """Wraps a frame source to remember why ``open`` failed, so the bridge can
-    tell "the camera would not open" from other start failures."""
+    """Delegates to a source whose ``open`` cannot be wrapped in place."""
 
-    def __init__(self, inner: Any, on_open_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, inner: Any, open_fn: Callable[[], Any]) -> None:
         self._inner = inner
-        self._on_open_error = on_open_error
-
-    def open(self) -> None:
-        try:
-            self._inner.open()
-        except BaseException as e:
-            self._on_open_error(e)
-            raise
+        self.open = open_fn
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -78,6 +70,27 @@ class _ReportingSource:
 
     def __exit__(self, *exc: object) -> None:
         self._inner.close()
+
+
+def track_open(source: Any, errors: list[BaseException]) -> Any:
+    """``source`` with its ``open`` noting why it failed in ``errors``, so the
+    bridge can tell "the camera / microphone would not open" from other
+    start failures. Patched on the instance (the session and AudioMotion see
+    the real object); a proxy where that is impossible."""
+    inner_open = source.open
+
+    def open_() -> Any:
+        try:
+            return inner_open()
+        except BaseException as e:
+            errors.append(e)
+            raise
+
+    try:
+        source.open = open_
+        return source
+    except (AttributeError, TypeError):
+        return _ReportingSource(source, open_)
 
 
 class SessionBridge(QObject):
@@ -500,14 +513,15 @@ class SessionBridge(QObject):
             else:
 
                 def source_factory() -> Any:
-                    return _ReportingSource(svc.open_camera(entry, opts), camera_error.append)
+                    return track_open(svc.open_camera(entry, opts), camera_error)
         mic_factory = None
+        mic_error: list[BaseException] = []
         have_mic = opts.mic is not None and opts.mic.key is not None
         if uses_mic(opts.mode) and have_mic and svc.open_mic is not None:
             mic = opts.mic
 
             def mic_factory() -> Any:
-                return svc.open_mic(mic, opts)
+                return track_open(svc.open_mic(mic, opts), mic_error)
         elif opts.mode == "mic":
             self._notify("warning", "no_mic", "No microphone found",
                          "plug in a microphone (or pick one in Input); the avatar keeps "
@@ -516,27 +530,36 @@ class SessionBridge(QObject):
             self._open_vcam()
         from kf_desktop.sinks import PreviewSink
 
-        def build(src_factory: Callable | None) -> Any:
+        def build(src_factory: Callable | None, audio_factory: Callable | None) -> Any:
             return svc.make_session(opts=opts, device=device,
                                     portrait=self._portrait_obj or self._portrait_path,
-                                    source_factory=src_factory, mic_factory=mic_factory,
+                                    source_factory=src_factory, mic_factory=audio_factory,
                                     generator=generator,
                                     sinks=[PreviewSink(self._on_preview), self._slot],
                                     on_event=self._on_event)
 
         self.busy.emit("Loading the portrait and opening the camera…")
-        session = build(source_factory)
-        try:
-            session.start()
-        except UserError as e:
-            if not camera_error:
-                raise
-            # The camera would not open: stream without it, say why, and how to fix it.
-            self._notify("warning", "camera_failed",
-                         f"{e.message}; streaming without the camera", e.hint)
-            session = build(None)
-            session.start()
-            used_camera = None
+        session = build(source_factory, mic_factory)
+        for _attempt in range(3):  # at most: without the camera, then without the mic
+            try:
+                session.start()
+                break
+            except UserError as e:
+                # A device that would not open costs only itself: stream
+                # without it, say why and how to fix it.
+                if camera_error and source_factory is not None:
+                    self._notify("warning", "camera_failed",
+                                 f"{e.message}; streaming without the camera", e.hint)
+                    source_factory = used_camera = None
+                elif mic_error and mic_factory is not None:
+                    self._notify("warning", "mic_failed",
+                                 f"{e.message}; streaming without the microphone", e.hint)
+                    mic_factory = None
+                else:
+                    raise
+                camera_error.clear()
+                mic_error.clear()
+                session = build(source_factory, mic_factory)
         self._session = session
         self._session_opts = opts.with_(camera=used_camera, mic=mic if mic_factory else None)
         if self._paused and hasattr(session, "set_paused"):

@@ -271,3 +271,58 @@ def test_generator_and_gpu_unavailable_fall_back_with_banners(qtbot, make_window
     shown = w.preview.frames_shown
     qtbot.waitUntil(lambda: bridge.state == "running" and w.preview.frames_shown > shown + 10,
                     timeout=30_000)
+
+
+def test_microphone_only_mode_with_a_wav_backed_mic(qtbot, make_window, clip_path, mem_vcam,
+                                                    tmp_path):
+    """Mic only: no camera is opened, the speech drives the mouth, frames flow.
+    A microphone that will not open costs only itself (banner, stream runs)."""
+    from kf_desktop.audio.wav import WavSource
+    from kf_desktop.data import data_path
+    from kf_desktop.errors import DeviceError
+    from ui.options import DeviceEntry
+    from ui.settings_store import SettingsStore
+
+    speech = data_path("librivox_0870.wav")
+    mics = [DeviceEntry("speech", "Test speech mic"), DeviceEntry("broken", "Broken mic")]
+    opened = {"cams": 0}
+
+    def open_camera(entry, opts):
+        opened["cams"] += 1
+        return VideoFileSource(clip_path, realtime=True, loop=True)
+
+    class BrokenMic:
+        def open(self):
+            raise DeviceError("microphone 'Broken mic' not found", "plug it in")
+
+        def close(self):
+            pass
+
+    def open_mic(entry, opts):
+        return WavSource(speech, realtime=True, loop=True) if entry.key == "speech" else BrokenMic()
+
+    ini = tmp_path / "mic.ini"
+    store = SettingsStore.at(ini)
+    store.out_size, store.mode = (640, 360), "mic"
+    store.sync()
+    ctl = make_window(file_services(clip_path, mem_vcam.name, source=open_camera,
+                                    list_microphones=lambda: list(mics), open_mic=open_mic), ini)
+    w, bridge = ctl.window, ctl.bridge
+    qtbot.waitUntil(lambda: w.mic_combo.count() == 2)
+    assert not w.camera_combo.isEnabled() and w.mic_combo.isEnabled()
+    _click(qtbot, w.start_button)
+    _wait_running(qtbot, ctl)
+    qtbot.waitUntil(lambda: w.preview.frames_shown >= 10, timeout=30_000)
+    assert opened["cams"] == 0
+    assert bridge.session.config.audio_factory is not None
+    assert "audio" in bridge.session.snapshot()  # the session reads the microphone
+    assert w.banners.codes() == [] or all(w.banners.banner(c).level == "info"
+                                          for c in w.banners.codes())
+
+    w.mic_combo.setCurrentIndex(1)  # the broken one: the session restarts without it
+    qtbot.waitUntil(lambda: w.banners.banner("mic_failed") is not None, timeout=30_000)
+    b = w.banners.banner("mic_failed")
+    assert "without the microphone" in b.message and "Choose microphone" in b.buttons
+    _wait_running(qtbot, ctl)
+    shown = w.preview.frames_shown
+    qtbot.waitUntil(lambda: w.preview.frames_shown > shown + 10, timeout=30_000)
