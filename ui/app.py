@@ -78,9 +78,24 @@ def install_crash_reporting(report) -> None:
     threading.excepthook = lambda a: hook(a.exc_type, a.exc_value, a.exc_traceback)
 
 
+def _check_display() -> None:
+    """Without a display Qt aborts the process (qFatal); say what to do instead."""
+    env = os.environ
+    if sys.platform.startswith("linux") and not (env.get("QT_QPA_PLATFORM") or env.get("DISPLAY")
+                                                 or env.get("WAYLAND_DISPLAY")):
+        from kf_desktop.errors import UserError
+
+        raise UserError("there is no display to open the window on (no DISPLAY or WAYLAND_DISPLAY)",
+                        "run it inside a desktop session; for a headless check set "
+                        "QT_QPA_PLATFORM=offscreen; for streaming without a window use "
+                        "`kf-desktop run`")
+
+
 def run_app(args: argparse.Namespace | None = None) -> int:
     from ui.controller import Controller
 
+    if QApplication.instance() is None:
+        _check_display()
     app = create_application()
     logs: LogSetup = setup_logging(log_dir())
     log.info("starting the desktop window (Qt platform %s)", app.platformName())

@@ -385,3 +385,10 @@ def test_run_app_check_opens_a_window(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kf_desktop", "gui", "--check"], capture_output=True,
                        text=True, timeout=60, env=_clean_env(tmp_path), cwd=REPO)
     assert r.returncode == 0, r.stderr
+    # No display at all: a message and a fix, not a Qt abort.
+    env = {k: v for k, v in _clean_env(tmp_path).items()
+           if k not in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")}
+    r = subprocess.run([sys.executable, "-m", "kf_desktop", "gui"], capture_output=True,
+                       text=True, timeout=60, env=env, cwd=REPO)
+    assert r.returncode == 2 and "no display" in r.stderr and "QT_QPA_PLATFORM=offscreen" in r.stderr
+    assert "Traceback" not in r.stderr
