@@ -179,7 +179,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.engine:
         from engine.bench_engine import main as engine_main
 
-        return engine_main(["--json"] if args.json else [])
+        argv = ["--json"] if args.json else []
+        if args.device != "auto":
+            argv += ["--device", resolve_device(args.device)]
+        return engine_main(argv)
     import os
 
     device = resolve_device(args.device)

@@ -45,6 +45,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["guide", "generator"], default="guide",
                    help="guide: motion-guide warp only; generator: Knot Forcing model")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--weights", help="Knot Forcing weights folder (default: the shipped model)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="without trained weights, run a randomly initialised model "
+                        "(labelled UNTRAINED; for testing the pipeline)")
+    p.add_argument("--untrained-preset", default="default", help=argparse.SUPPRESS)
+
+
+def generator_options(args: argparse.Namespace) -> dict:
+    return {"weights": Path(args.weights) if getattr(args, "weights", None) else None,
+            "allow_untrained": getattr(args, "allow_untrained", False),
+            "untrained_preset": getattr(args, "untrained_preset", "default")}
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -71,7 +82,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     req = RenderRequest(portrait=Path(args.portrait), driver=args.driver and Path(args.driver),
                         audio=getattr(args, "audio", None) and Path(args.audio),
                         out=Path(args.out), seconds=args.seconds, size=args.size,
-                        fps=args.fps, mode=args.mode, device=args.device)
+                        fps=args.fps, mode=args.mode, device=args.device,
+                        generator_options=generator_options(args))
     result = render(req)
     print(f"wrote {result.path} ({result.frames} frames, {result.seconds:.1f} s at "
           f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
@@ -110,8 +122,6 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"the desktop window is not available: {e}",
                         "use `kf-desktop run` (headless) or `kf-desktop render`") from e
-    if args.check:
-        return 0
     return run_app(args)
 
 
@@ -197,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"  fix: {e.hint}", file=sys.stderr)
         return e.exit_code
+    except ValueError as e:
+        # engine errors (bad weights, bad stream input) carry message + hint
+        if not hasattr(e, "hint"):
+            raise
+        print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
+        if e.hint:
+            print(f"  fix: {e.hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

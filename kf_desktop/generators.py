@@ -10,7 +10,7 @@ care which one runs:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -54,12 +54,26 @@ class GuideOnlyGenerator:
         pass
 
 
-def make_generator(mode: str, device: str) -> Generator:
-    """'guide' -> GuideOnlyGenerator; 'generator' -> the Knot Forcing model."""
+def make_generator(mode: str, device: str, *, weights=None, allow_untrained: bool = False,
+                   untrained_preset: str = "default",
+                   on_fallback: Callable[[str, str], None] | None = None) -> Generator:
+    """'guide' -> GuideOnlyGenerator; 'generator' -> the Knot Forcing model
+    (trained weights, or a clearly labelled untrained one when allowed).
+
+    Without trained weights the generator mode falls back to guide-only and
+    tells ``on_fallback(message, hint)``; a random model is never used
+    silently."""
     if mode == "guide":
         return GuideOnlyGenerator()
     if mode == "generator":
-        from kf_desktop.kf_generator import load_knot_forcing
+        from kf_desktop.kf_generator import ModelUnavailable, load_knot_forcing
 
-        return load_knot_forcing(device)
+        try:
+            return load_knot_forcing(device, weights, allow_untrained=allow_untrained,
+                                     untrained_preset=untrained_preset)
+        except ModelUnavailable as e:
+            if on_fallback is None:
+                raise
+            on_fallback(e.message + "; running guide-only", e.hint)
+            return GuideOnlyGenerator()
     raise ValueError(f"unknown generator mode {mode!r}")

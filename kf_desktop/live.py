@@ -66,7 +66,14 @@ def run_live(args: argparse.Namespace) -> int:
             line += f" (fix: {ev.hint})"
         print(line, file=sys.stderr, flush=True)
 
-    generator_factory = (lambda: make_generator(args.mode, device))
+    from kf_desktop.cli import generator_options
+
+    options = generator_options(args)
+    def fallback(message: str, hint: str) -> None:
+        print(f"[warning] {message} (fix: {hint})", file=sys.stderr, flush=True)
+
+    generator_factory = (lambda: make_generator(args.mode, device, **options,
+                                                on_fallback=fallback))
     config = SessionConfig(portrait=args.portrait, source_factory=source_factory,
                            out_size=(w, h), fps=args.fps, device=device,
                            generator_factory=generator_factory, audio_factory=audio_factory,

@@ -38,6 +38,7 @@ class RenderRequest:
     mode: str = "guide"
     device: str = "auto"
     crop_size: int = 256
+    generator_options: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class RenderResult:
 AUDIO_TAKEOVER_YAW = 35.0
 
 
+def _warn(message: str, hint: str = "") -> None:
+    print(f"warning: {message}" + (f"\n  fix: {hint}" if hint else ""), file=sys.stderr)
+
+
 def render(req: RenderRequest, progress: bool = True) -> RenderResult:
     if req.driver is None and req.audio is None:
         raise UserError("nothing drives the portrait",
@@ -68,7 +73,8 @@ def render(req: RenderRequest, progress: bool = True) -> RenderResult:
         fps = float(req.fps or (source.fps if source else 25.0))
         with FaceAnalyzer(static=True, max_faces=2) as still:
             portrait = load_portrait(req.portrait, still, crop_size=req.crop_size)
-        generator = make_generator(req.mode, device)
+        generator = make_generator(req.mode, device, **(req.generator_options or {}),
+                                   on_fallback=_warn)
         recorder = RecorderSink(req.out, req.size[0], req.size[1], fps)
         recorder.start()  # fails fast on an unwritable output path
         try:
@@ -163,7 +169,8 @@ def _render_frames(req, source, track, portrait, generator, recorder, fps, devic
     if faces_missing > 0.5 * max(j, 1):
         print(f"warning: no face found in {faces_missing} of {j} driver frames; "
               "the portrait stayed neutral there", file=sys.stderr)
-    label = generator.name + ("" if generator.trained or generator.name == "guide-only"
-                              else " (UNTRAINED weights: output is not meaningful)")
+    label = generator.name
+    if not generator.trained and generator.name != "guide-only":
+        label += ": random weights, the output is not meaningful"
     return RenderResult(req.out, written, fps, written / fps, req.size, label,
                         time.monotonic() - t_start)

@@ -75,6 +75,7 @@ class Session:
         self._drive_q: DropOldestQueue[DrivingSignal] = DropOldestQueue(2)
         self._out_q: DropOldestQueue[RenderedFrame] = DropOldestQueue(2)
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._threads: list[threading.Thread] = []
         self._renderer: AvatarRenderer | None = None
         self._source: FrameSource | None = None
@@ -214,6 +215,23 @@ class Session:
         t.start()
         return t
 
+    def set_paused(self, paused: bool) -> None:
+        """Privacy pause: the camera is closed (its light goes off) and the
+        engine idles; sinks keep repeating what they last got (the GUI swaps
+        in a 'paused' still). Resuming reopens the camera."""
+        if paused == self._paused.is_set():
+            return
+        if paused:
+            self._paused.set()
+        else:
+            self._paused.clear()
+        self._emit("info", "paused" if paused else "resumed",
+                   "stream paused" if paused else "stream resumed")
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
     def set_gains(self, gains: Gains) -> None:
         self.config.gains = gains
         if self._renderer is not None:
@@ -262,6 +280,13 @@ class Session:
         try:
             while not self._stop.is_set():
                 src = self._source
+                if self._paused.is_set():
+                    if src is not None and self._source_ok:
+                        src.close()
+                        self._source_ok = False
+                        next_reopen = 0.0  # reopen as soon as we resume
+                    self._stop.wait(period)
+                    continue
                 if src is None or not self._source_ok:
                     now = time.monotonic()
                     self._drive_q.put(self._idle_signal(now))

@@ -180,3 +180,20 @@ def test_no_source_runs_idle(portrait):
     with session:
         assert _wait_for(lambda: null.stats()["frames"] >= 10)
     assert not _kf_threads()
+
+
+def test_pause_closes_the_camera_and_resume_reopens(portrait, data_file):
+    src = FlakySource(data_file("cap13_edit2.mp4"), lose_after=10**9, down_for=0)
+    null = NullSink()
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, source_factory=lambda: src)
+    with Session(cfg, [null]) as s:
+        assert _wait_for(lambda: null.stats()["frames"] >= 5)
+        s.set_paused(True)
+        assert _wait_for(lambda: src.closed >= 1)
+        time.sleep(0.3)
+        n, reads = null.stats()["frames"], src.reads
+        time.sleep(0.5)
+        assert src.reads == reads and null.stats()["frames"] <= n + 2  # camera off, engine idle
+        s.set_paused(False)
+        assert _wait_for(lambda: src.opens >= 2 and null.stats()["frames"] > n + 5)
+    assert [e.code for e in s.events()].count("paused") == 1

@@ -1,0 +1,99 @@
+"""The Knot Forcing generator as the session's generator stage."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import pytest
+import torch
+
+from engine.config import get_preset
+from engine.weights import random_model, save_model
+from kf_desktop.cli import main
+from kf_desktop.errors import UserError
+from kf_desktop.generators import GuideOnlyGenerator, make_generator
+from kf_desktop.kf_generator import ModelUnavailable, describe_shipped_model, load_knot_forcing
+from kf_desktop.session import Session, SessionConfig
+from kf_desktop.sinks import NullSink
+from kf_desktop.sources import VideoFileSource
+
+
+def _frames(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_no_weights_falls_back_to_guide_only_and_says_so(tmp_path, capsys, data_file,
+                                                         portrait_path):
+    with pytest.raises(ModelUnavailable):
+        load_knot_forcing("cpu", tmp_path / "none")
+    msgs = []
+    gen = make_generator("generator", "cpu", weights=tmp_path / "none",
+                         on_fallback=lambda m, h: msgs.append(m))
+    assert isinstance(gen, GuideOnlyGenerator) and "guide-only" in msgs[0]
+    out = tmp_path / "o.mp4"
+    assert main(["render", "--portrait", str(portrait_path), "--driver",
+                 str(data_file("cap13_edit2.mp4")), "--mode", "generator", "--weights",
+                 str(tmp_path / "none"), "--out", str(out), "--size", "320x180",
+                 "--seconds", "0.2"]) == 0
+    cap = capsys.readouterr()
+    assert "not available" in cap.err and "guide-only" in cap.out
+    ok, detail, fix = describe_shipped_model(tmp_path / "none")
+    assert not ok and "guide-only" in detail and fix
+
+
+def test_untrained_model_streams_through_the_pipeline_and_is_labelled(tmp_path, capsys,
+                                                                      data_file, portrait_path):
+    out = tmp_path / "g.mp4"
+    assert main(["render", "--portrait", str(portrait_path), "--driver",
+                 str(data_file("cap13_edit2.mp4")), "--mode", "generator", "--allow-untrained",
+                 "--untrained-preset", "tiny", "--out", str(out), "--size", "320x180",
+                 "--seconds", "0.44"]) == 0
+    assert "UNTRAINED" in capsys.readouterr().out
+    assert _frames(out) == 11  # 11 = 3 full chunks + a flushed partial one (c = 3)
+
+
+def test_trained_weights_load_by_sha256(tmp_path):
+    model, _ = random_model(get_preset("tiny").model)
+    save_model(model, tmp_path / "w", trained=True, training={"note": "test fixture"})
+    gen = load_knot_forcing("cpu", tmp_path / "w")
+    assert gen.trained and gen.name == "knot-forcing"
+    crop = torch.rand(3, 64, 64)
+    gen.set_reference(crop)
+    outs = [f for _ in range(6) for f in gen.push(torch.rand(3, 64, 64))]
+    assert len(outs) == 6 and outs[0].shape == (3, 64, 64)
+    assert 0.0 <= float(outs[0].min()) and float(outs[0].max()) <= 1.0
+    # Corrupt the weights: refused with a message, never silently used.
+    st = next((tmp_path / "w").glob("*.safetensors"))
+    st.write_bytes(st.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(UserError):
+        load_knot_forcing("cpu", tmp_path / "w")
+
+
+def test_session_with_generator_and_portrait_switch(tmp_path, data_file, portrait_path):
+    flipped = tmp_path / "flipped.png"
+    cv2.imwrite(str(flipped), cv2.imread(str(portrait_path))[:, ::-1])
+    clip = data_file("cap13_edit2.mp4")
+    null = NullSink()
+    cfg = SessionConfig(portrait=portrait_path, out_size=(320, 180),
+                        source_factory=lambda: VideoFileSource(clip, realtime=True, loop=True),
+                        generator_factory=lambda: load_knot_forcing(
+                            "cpu", tmp_path / "none", allow_untrained=True,
+                            untrained_preset="tiny"))
+    with Session(cfg, [null]) as s:
+        t_end = time.monotonic() + 20
+        while null.stats()["frames"] < 9 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert null.stats()["frames"] >= 9
+        s.switch_portrait(flipped).join(30)
+        n = null.stats()["frames"]
+        t_end = time.monotonic() + 20
+        while null.stats()["frames"] < n + 9 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert null.stats()["frames"] >= n + 9  # no stall across the switch
+        assert s._renderer.generator.stream.chunk_index > 3
+    assert "portrait_switched" in [e.code for e in s.events()]
