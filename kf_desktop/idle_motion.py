@@ -21,34 +21,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass
-class IdleParams:
-    """Same fields and meaning as ``kf_desktop.retarget.MotionParams``."""
-
-    yaw: float = 0.0
-    pitch: float = 0.0
-    roll: float = 0.0
-    tx: float = 0.0
-    ty: float = 0.0
-    eye_open: float = 1.0
-    jaw_open: float = 0.0
-    lip_width: float = 0.0
-    rounding: float = 0.0
-
-
-def _params_class():
-    """MotionParams when the retargeting module is importable (it needs cv2),
-    else the field-compatible IdleParams."""
-    try:
-        from kf_desktop.retarget import MotionParams
-    except Exception:  # noqa: BLE001 -- optional heavy dependency
-        return IdleParams
-    return MotionParams
+from kf_desktop.retarget import MotionParams
 
 
 class _Sines:
@@ -97,7 +73,7 @@ class IdleMotion:
         self._blink_dur: list[float] = []
         self._scheduled_until = 0.0
         self._t0: float | None = None
-        self._cls = _params_class()
+        self._cls = MotionParams
         self._speech = 0.0  # smoothed speech loudness
         self._nod = 0.0  # nod state (degrees)
         self._last_t: float | None = None
