@@ -147,6 +147,17 @@ class _Consts:
     open_idx: torch.Tensor  # (4, K) left corner, right corner, upper, lower
 
 
+def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched solve of (B, n, n) x = (B, n, 2). The batched CPU LU path was
+    seen to fail once in a full test run ("pivots ... must be >= 1") while
+    other threads were busy; the matrices are well posed, so retry one
+    system at a time rather than drop the frame."""
+    try:
+        return torch.linalg.solve(a, b)
+    except RuntimeError:
+        return torch.stack([torch.linalg.solve(a[i], b[i]) for i in range(a.shape[0])])
+
+
 def _kernel(r2: torch.Tensor, kind: str) -> torch.Tensor:
     """Radial basis of squared distance, in place: r2 must be a temporary
     (for the big per-frame table a copy would cost as much as the log)."""
@@ -268,7 +279,7 @@ def _sampling_grid(c: _Consts, src: torch.Tensor, dst: torch.Tensor, lam: float
     bot = torch.cat([p.transpose(1, 2), c64.new_zeros(b, 3, 3)], 2)  # (B, 3, n+3)
     rhs = torch.cat([val.double(), c64.new_zeros(b, 3, 2)], 1)  # (B, n+3, 2)
     # sol rows: [w_control (M), w_anchor (A), affine (3: 1, x, y)], (B, n+3, 2)
-    sol = torch.linalg.solve(torch.cat([top, bot], 1), rhs).to(src.dtype)
+    sol = _solve(torch.cat([top, bot], 1), rhs).to(src.dtype)
 
     # Evaluate on the coarse grid. The grid is separable, so
     # r^2 = (ex - cx)^2 + (ey - cy)^2 is one broadcast add of two (G, M)
