@@ -38,6 +38,12 @@ install_system() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# pip, without the noise of find-links/extra-index entries that some machines
+# configure globally and that do not exist.
+pip_quiet() {
+  "$VENV/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+
 install_python() {
   local stamp_file="$VENV/.kf-stamp"
   local stamp
@@ -49,7 +55,7 @@ install_python() {
     log "creating virtual environment in .venv"
     "$PY" -m venv "$VENV"
   fi
-  local PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+  local PIP=(pip_quiet install -q --disable-pip-version-check)
   # Pin torch first: an unpinned resolver would pull GBs of CUDA wheels.
   log "installing torch==2.13.0"
   "${PIP[@]}" "torch==2.13.0"

@@ -85,7 +85,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
                         fps=args.fps, mode=args.mode, device=args.device,
                         generator_options=generator_options(args))
     result = render(req)
-    print(f"wrote {result.path} ({result.frames} frames, {result.seconds:.1f} s at "
+    print(f"wrote {result.path.resolve()} ({result.frames} frames, {result.seconds:.1f} s at "
           f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
     return 0
 
