@@ -1,0 +1,330 @@
+"""``kf-desktop eval``: quality of the trained generator (DESIGN section 6).
+
+Two cases, each run for the generator, guide-only, and the two ablations
+(no knot: k = 0; no running ahead: fixed reference position), see
+engine/evaluation/variants.py:
+
+- self-reenactment on the HELD-OUT tail of every dataset clip (frames the
+  trainer never samples): reference = the first held-out frame, driving =
+  the following held-out frames' landmarks. PSNR / SSIM against the real
+  frames, identity distance, landmark error, chunk-seam ratio.
+- cross identity: portraits the model never saw (resources/portraits/*.png)
+  driven by the held-out clips' motion (landmark displacements from the
+  first held-out frame, scaled by the inter-ocular ratio): identity distance,
+  landmark error, seam ratio, and drift over a long run (default 10 min at the
+  clip's fps; the held-out motion is played back and forth).
+
+Identity: dlib's 128-D face embedding (PyPI ``dlib-bin`` +
+``face-recognition-models``, the ``[eval]`` extra); Euclidean distance to the
+reference portrait (dlib's same-person threshold is 0.6). The head crop is
+the face box (no detector), the 5-point shape predictor aligns it. Without
+dlib the identity columns are "n/a". Landmark error: mediapipe on the output
+frames (upscaled to 256 px), mean distance to the driving landmarks over
+the inter-ocular distance; frames where no face is found are skipped, and
+the share of such frames is reported.
+
+Writes ``results.md`` (the table), ``results.json`` and ``contact_sheet.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from engine.evaluation.metrics import drift, landmark_error, psnr, seam_ratio, ssim
+from engine.evaluation.variants import VARIANTS, run_variant
+from engine.motion_guide import warp_guide
+from engine.training.data import load_clips
+from engine.weights import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+DETECT_SIZE = 256
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------
+# identity: dlib embedding
+# --------------------------------------------------------------------------
+class DlibIdentity:
+    """dlib_face_recognition_resnet_model_v1 on a head crop (whole crop = face box)."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("face-recognition-models is not installed")
+        models = Path(list(spec.submodule_search_locations)[0]) / "models"
+        self.dlib = dlib
+        self.sp = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def embed(self, img: np.ndarray) -> np.ndarray:
+        """(S, S, 3) uint8 RGB head crop -> (128,) float."""
+        if img.shape[0] < 150:
+            img = cv2.resize(img, (150, 150), interpolation=cv2.INTER_CUBIC)
+        img = np.ascontiguousarray(img)
+        h, w = img.shape[:2]
+        # the face occupies the middle of a head crop (kf_desktop.portrait.CROP_FACTOR)
+        rect = self.dlib.rectangle(int(0.2 * w), int(0.25 * h), int(0.8 * w), int(0.85 * h))
+        shape = self.sp(img, rect)
+        return np.asarray(self.net.compute_face_descriptor(img, shape), np.float64)
+
+
+def make_identity() -> DlibIdentity | None:
+    try:
+        return DlibIdentity()
+    except Exception:
+        return None
+
+
+def _u8(x: torch.Tensor) -> np.ndarray:
+    """(3, S, S) [0, 1] -> (S, S, 3) uint8."""
+    return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def _t(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255)
+
+
+def output_landmarks(frames: torch.Tensor, analyzer) -> np.ndarray:
+    """(N, 3, S, S) -> (N, 478, 2) crop px, NaN where no face is found."""
+    s = frames.shape[-1]
+    out = np.full((len(frames), 478, 2), np.nan, np.float32)
+    for i, f in enumerate(frames):
+        img = cv2.resize(_u8(f), (DETECT_SIZE, DETECT_SIZE), interpolation=cv2.INTER_CUBIC)
+        face = analyzer.analyze(img)
+        if face is not None:
+            out[i] = np.asarray(face.landmarks)[:, :2] * (s / DETECT_SIZE)
+    return out
+
+
+def transfer_motion(portrait_lms: np.ndarray, drive: np.ndarray) -> np.ndarray:
+    """Driving landmark displacements (from drive[0]) applied to a portrait,
+    scaled by the inter-ocular ratio. -> (N, 478, 2)."""
+    iod = lambda p: float(np.linalg.norm(p[33, :2] - p[263, :2]))  # noqa: E731
+    scale = iod(portrait_lms) / max(iod(drive[0]), 1e-6)
+    return portrait_lms[None, :, :2] + (drive[:, :, :2] - drive[:1, :, :2]) * scale
+
+
+def _guides(ref: torch.Tensor, ref_lms: np.ndarray, lms: np.ndarray, batch: int = 64):
+    """Yield (1, 3, S, S) guides, computed in batches."""
+    s = ref.shape[-1]
+    for a in range(0, len(lms), batch):
+        dst = torch.from_numpy(np.ascontiguousarray(lms[a:a + batch], np.float32))
+        n = len(dst)
+        src = torch.from_numpy(np.asarray(ref_lms[:, :2], np.float32))[None].expand(n, -1, -1)
+        g = warp_guide(ref[None].expand(n, -1, -1, -1), src, dst, grid=min(48, s))
+        for x in g:
+            yield x[None]
+
+
+def _pingpong(n_src: int, n: int) -> np.ndarray:
+    period = max(1, 2 * (n_src - 1))
+    i = np.arange(n) % period
+    return np.where(i < n_src, i, period - i)
+
+
+# --------------------------------------------------------------------------
+# the evaluation
+# --------------------------------------------------------------------------
+def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants: Sequence[str] = VARIANTS,
+             max_frames: int | None = 250, drift_seconds: float = 600.0, portraits: Sequence[str] | None = None,
+             seed: int = 0, progress=_print) -> dict[str, Any]:
+    from kf_desktop.face import FaceAnalyzer
+    from kf_desktop.portrait import load_portrait
+
+    t_start = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, info = load_model(weights)
+    scfg_dict = info.training.get("stream_config")
+    from engine.config import StreamConfig, get_preset
+
+    scfg = StreamConfig.from_dict(scfg_dict) if scfg_dict else get_preset(info.training.get("preset", "default")).stream
+    size = model.cfg.height
+    manifest, clips = load_clips(data)
+    if manifest["size"] != size:
+        raise ValueError(f"dataset is {manifest['size']}px, model {size}px")
+    ident = make_identity()
+    if ident is None:
+        progress("dlib / face-recognition-models not installed: identity columns are n/a "
+                 "(pip install 'kf-desktop[eval]')")
+    analyzer = FaceAnalyzer(static=True)
+    portraits = list(portraits) if portraits is not None else sorted(str(p) for p in (REPO / "resources" / "portraits").glob("*.png"))
+
+    def id_dist(ref_emb, frames: torch.Tensor, every: int = 1) -> float:
+        if ident is None or ref_emb is None:
+            return math.nan
+        ds = [np.linalg.norm(ident.embed(_u8(f)) - ref_emb) for f in frames[::every]]
+        return float(np.mean(ds))
+
+    rows: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+
+    def add(v: str, key: str, val: float) -> None:
+        rows[v].setdefault(key, []).append(val)
+
+    sheet: list[tuple[str, torch.Tensor]] = []
+    # ---- self-reenactment on held-out frames -----------------------------------------
+    for ci, clip in enumerate(clips):
+        lo = clip.n_train
+        hi = len(clip) if max_frames is None else min(len(clip), lo + 1 + max_frames)
+        if hi - lo < scfg.frames_per_chunk + 2:
+            continue
+        ref = _t(clip.frames[lo])
+        ref_lms = clip.landmarks[lo]
+        drive = clip.landmarks[lo + 1:hi]
+        real = torch.stack([_t(f) for f in clip.frames[lo + 1:hi]])
+        ref_emb = ident.embed(clip.frames[lo]) if ident else None
+        progress(f"self-reenactment {clip.name}: held-out frames {lo + 1}..{hi - 1}")
+        if ci == 0:
+            sheet.append((f"{clip.name} real", real))
+        for v in variants:
+            frames = run_variant(v, model, scfg, ref[None], _guides(ref, ref_lms, drive), len(drive), seed)
+            add(v, "psnr", psnr(frames, real))
+            add(v, "ssim", ssim(frames, real))
+            add(v, "id_self", id_dist(ref_emb, frames, every=max(1, len(frames) // 25)))
+            plm = output_landmarks(frames, analyzer)
+            add(v, "lmk_self", landmark_error(torch.from_numpy(plm), torch.from_numpy(drive)))
+            add(v, "noface_self", float(np.isnan(plm[:, 0, 0]).mean()))
+            add(v, "seam_self", seam_ratio(frames, scfg.chunk))
+            if ci == 0:
+                sheet.append((f"{clip.name} {v}", frames))
+    # ---- cross identity ----------------------------------------------------------------
+    for pi, path in enumerate(portraits):
+        with FaceAnalyzer(static=True, max_faces=2) as fa2:
+            por = load_portrait(path, fa2, crop_size=size)
+        ref = _t(por.crop)
+        p_lms = np.asarray(por.crop_landmarks, np.float32)[:, :2]
+        ref_emb = ident.embed(por.crop) if ident else None
+        clip = clips[pi % len(clips)]
+        lo = clip.n_train
+        hi = len(clip) if max_frames is None else min(len(clip), lo + 1 + max_frames)
+        drive = transfer_motion(p_lms, clip.landmarks[lo:hi])
+        progress(f"cross identity {Path(path).name} driven by {clip.name} held-out motion ({len(drive)} frames)")
+        for v in variants:
+            frames = run_variant(v, model, scfg, ref[None], _guides(ref, p_lms, drive), len(drive), seed)
+            add(v, "id_cross", id_dist(ref_emb, frames, every=max(1, len(frames) // 25)))
+            plm = output_landmarks(frames, analyzer)
+            add(v, "lmk_cross", landmark_error(torch.from_numpy(plm), torch.from_numpy(drive.astype(np.float32))))
+            add(v, "seam_cross", seam_ratio(frames, scfg.chunk))
+            if pi == 0:
+                sheet.append((f"{Path(path).stem} {v}", frames))
+            # drift over a long run (held-out motion played back and forth)
+            if drift_seconds > 0 and pi == 0:
+                n_long = int(round(drift_seconds * clip.fps))
+                idx = _pingpong(len(drive), n_long)
+                every = max(1, int(round(clip.fps)))  # identity sampled once per second
+                ds: list[float] = []
+
+                def on_frame(i: int, f: torch.Tensor) -> None:
+                    if i % every == 0 and ident is not None:
+                        ds.append(float(np.linalg.norm(ident.embed(_u8(f.cpu())) - ref_emb)))
+
+                t0 = time.monotonic()
+                run_variant(v, model, scfg, ref[None], _guides(ref, p_lms, drive[idx]), n_long, seed,
+                            on_frame=on_frame, keep=False)
+                add(v, "drift", drift(ds, fps=1.0, window_s=60.0))
+                progress(f"  drift run {v}: {n_long} frames in {time.monotonic() - t0:.0f} s")
+    analyzer.close()
+
+    res = {v: {k: float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan for k, vals in m.items()}
+           for v, m in rows.items()}
+    table = markdown_table(res, drift_seconds)
+    meta = {"weights": str(weights), "trained": info.trained, "steps": info.training.get("steps"),
+            "stream_config": scfg.to_dict(), "size": size, "dlib": ident is not None,
+            "clips": [c.name for c in clips], "portraits": [Path(p).name for p in portraits],
+            "max_frames": max_frames, "drift_seconds": drift_seconds, "seconds": time.monotonic() - t_start}
+    (out / "results.md").write_text(table + "\n\n" + _notes(meta) + "\n")
+    (out / "results.json").write_text(json.dumps({"metrics": res, "meta": meta}, indent=1, default=str) + "\n")
+    contact_sheet(sheet, out / "contact_sheet.png")
+    progress(table)
+    return {"metrics": res, "meta": meta, "table": table}
+
+
+COLUMNS = (
+    ("psnr", "PSNR dB ↑", "{:.2f}"),
+    ("ssim", "SSIM ↑", "{:.3f}"),
+    ("id_self", "identity self ↓", "{:.3f}"),
+    ("id_cross", "identity cross ↓", "{:.3f}"),
+    ("lmk_self", "landmark err self ↓", "{:.3f}"),
+    ("lmk_cross", "landmark err cross ↓", "{:.3f}"),
+    ("noface_self", "no face found", "{:.0%}"),
+    ("seam_self", "seam ratio self (1 = seamless)", "{:.2f}"),
+    ("seam_cross", "seam ratio cross", "{:.2f}"),
+    ("drift", "drift ↓", "{:+.3f}"),
+)
+
+
+def markdown_table(res: dict[str, dict[str, float]], drift_seconds: float) -> str:
+    cols = [c for c in COLUMNS if any(c[0] in m for m in res.values())]
+    head = "| variant | " + " | ".join(c[1] if c[0] != "drift" else f"drift ({drift_seconds:g} s) ↓" for c in cols) + " |"
+    sep = "|---|" + "---:|" * len(cols)
+    lines = [head, sep]
+    for v, m in res.items():
+        cells = []
+        for key, _, fmt in cols:
+            x = m.get(key, math.nan)
+            cells.append("n/a" if x is None or not math.isfinite(x) else fmt.format(x))
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _notes(meta: dict[str, Any]) -> str:
+    return (f"Weights: {meta['weights']} (steps {meta['steps']}), {meta['size']}px, stream {meta['stream_config']}.\n"
+            f"Self-reenactment on the held-out 20% of {', '.join(meta['clips'])} (up to {meta['max_frames']} frames each); "
+            f"cross identity: {', '.join(meta['portraits'])} driven by held-out motion. Identity = dlib 128-D "
+            f"embedding distance to the reference ({'dlib' if meta['dlib'] else 'dlib not installed: n/a'}). "
+            f"Landmark error / inter-ocular distance (mediapipe on outputs upscaled to {DETECT_SIZE}px). "
+            f"Ablations: no_knot = k 0; fixed_ref = reference at a fixed position (no running ahead).")
+
+
+def contact_sheet(rows: list[tuple[str, torch.Tensor]], path: Path, cols: int = 8, tile: int = 96) -> None:
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        return
+    label_w = 170
+    sheet = Image.new("RGB", (label_w + cols * tile, len(rows) * tile), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, frames) in enumerate(rows):
+        idx = np.linspace(0, len(frames) - 1, min(cols, len(frames))).round().astype(int)
+        for c, i in enumerate(idx):
+            im = Image.fromarray(_u8(frames[i])).resize((tile, tile), Image.NEAREST if frames.shape[-1] < tile else Image.BILINEAR)
+            sheet.paste(im, (label_w + c * tile, r * tile))
+        draw.text((4, r * tile + tile // 2 - 6), name[:26], fill="black")
+    sheet.save(path)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "kf-desktop eval") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="evaluate the generator vs guide-only and ablations")
+    ap.add_argument("--data", required=True, help="dataset dir (its held-out frames are used)")
+    ap.add_argument("--weights", default=None, help="weights dir (default: resources/models/default)")
+    ap.add_argument("--out", required=True, help="where results.md, results.json and contact_sheet.png go")
+    ap.add_argument("--max-frames", type=int, default=250, help="held-out frames per clip (0 = all)")
+    ap.add_argument("--drift-seconds", type=float, default=600.0, help="length of the drift run (0 = skip)")
+    ap.add_argument("--portraits", nargs="*", default=None, help="unseen portraits (default resources/portraits/*.png)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    a = ap.parse_args(argv)
+    from engine.weights import default_weights_dir
+
+    evaluate(a.data, a.weights or default_weights_dir(), a.out, variants=a.variants,
+             max_frames=a.max_frames or None, drift_seconds=a.drift_seconds, portraits=a.portraits)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
