@@ -148,14 +148,17 @@ class _Consts:
 
 
 def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batched solve of (B, n, n) x = (B, n, 2). The batched CPU LU path was
-    seen to fail once in a full test run ("pivots ... must be >= 1") while
-    other threads were busy; the matrices are well posed, so retry one
-    system at a time rather than drop the frame."""
-    try:
-        return torch.linalg.solve(a, b)
-    except RuntimeError:
-        return torch.stack([torch.linalg.solve(a[i], b[i]) for i in range(a.shape[0])])
+    """Batched solve of (B, n, n) x = (B, n, 2) in float64.
+
+    On the CPU this goes through NumPy's LAPACK: torch's MKL-backed batched
+    LU was seen to corrupt results mid-process in a full test run ("oneMKL
+    ERROR: Parameter 6 was incorrect on entry to DLASWP", then wrong pivots),
+    and a ~150x150 system costs well under a millisecond either way. On a
+    GPU torch's solver is used (no host round trip)."""
+    if a.device.type == "cpu":
+        x = np.linalg.solve(a.detach().numpy(), b.detach().numpy())
+        return torch.from_numpy(x)
+    return torch.linalg.solve(a, b)
 
 
 def _kernel(r2: torch.Tensor, kind: str) -> torch.Tensor:
