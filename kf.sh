@@ -60,7 +60,7 @@ install_python() {
   log "installing torch==2.13.0"
   "${PIP[@]}" "torch==2.13.0"
   log "installing kf-desktop and its dependencies"
-  "${PIP[@]}" -e ".[test]"
+  "${PIP[@]}" -e ".[test,eval]"
   # mediapipe 0.10.21 is the last release that ships its face models; its
   # metadata drags in jax and a second OpenCV, so its real runtime deps are in
   # pyproject.toml and the package itself goes in without deps.

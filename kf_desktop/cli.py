@@ -125,6 +125,14 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     return run_app(args)
 
 
+def _cmd_passthrough(args: argparse.Namespace) -> int:
+    from kf_desktop import train_cli
+
+    fn = {"train": train_cli.train_main, "eval": train_cli.eval_main,
+          "dataset": train_cli.dataset_main}[args.command]
+    return int(fn(args.rest) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kf-desktop",
@@ -186,15 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["fetch"])
     d.set_defaults(func=_cmd_data)
 
+    for name, text in (("dataset", "build the training dataset from the fetched clips"),
+                       ("train", "train the Knot Forcing model (resumable)"),
+                       ("eval", "evaluate generator vs guide-only vs ablations")):
+        sp = sub.add_parser(name, help=text, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER,
+                        help=f"arguments of `kf-desktop {name}` (try --help)")
+        sp.set_defaults(func=_cmd_passthrough)
+
     g = sub.add_parser("gui", help="open the desktop window")
     g.add_argument("--check", action="store_true", help="only check that the window can open")
     g.set_defaults(func=_cmd_gui)
     return p
 
 
+PASSTHROUGH = ("dataset", "train", "eval")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        # These commands own their options (argparse REMAINDER would not pass
+        # a leading --flag through).
+        args = argparse.Namespace(command=argv[0], rest=argv[1:], func=_cmd_passthrough)
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
