@@ -76,6 +76,7 @@ class Session:
         self._out_q: DropOldestQueue[RenderedFrame] = DropOldestQueue(2)
         self._stop = threading.Event()
         self._paused = threading.Event()
+        self._pending_source: tuple[Callable[[], FrameSource] | None] | None = None
         self._threads: list[threading.Thread] = []
         self._renderer: AvatarRenderer | None = None
         self._source: FrameSource | None = None
@@ -215,6 +216,14 @@ class Session:
         t.start()
         return t
 
+    def switch_source(self, factory: Callable[[], FrameSource] | None) -> None:
+        """Change the driving camera (or go camera-less with None) without
+        restarting the stream: the capture thread closes the old source and
+        opens the new one; the output keeps running on idle frames meanwhile.
+        A source that fails to open is reported and the stream stays idle."""
+        with self._events_lock:
+            self._pending_source = (factory,)
+
     def set_paused(self, paused: bool) -> None:
         """Privacy pause: the camera is closed (its light goes off) and the
         engine idles; sinks keep repeating what they last got (the GUI swaps
@@ -279,6 +288,7 @@ class Session:
         next_reopen = 0.0
         try:
             while not self._stop.is_set():
+                self._apply_source_switch()
                 src = self._source
                 if self._paused.is_set():
                     if src is not None and self._source_ok:
@@ -319,6 +329,30 @@ class Session:
                 self._drive_q.put(self._idle_signal(time.monotonic()))
         finally:
             analyzer.close()
+
+    def _apply_source_switch(self) -> None:
+        """Capture thread only: swap in a source requested by switch_source."""
+        with self._events_lock:
+            pending, self._pending_source = self._pending_source, None
+        if pending is None:
+            return
+        factory = pending[0]
+        if self._source is not None:
+            self._source.close()
+        self._source, self._source_ok = None, False
+        self.config.source_factory = factory
+        if factory is None:
+            self._emit("info", "source_switched", "no camera: idle motion")
+            return
+        src = factory()
+        self._source = src
+        try:
+            src.open()
+        except UserError as e:
+            self._emit("error", "source_failed", e.message, e.hint)
+            return
+        self._source_ok = True
+        self._emit("info", "source_switched", f"driving from {src.name}")
 
     def _analyze(self, analyzer: FaceAnalyzer, frame: Frame) -> DrivingSignal:
         self._watch_audio()

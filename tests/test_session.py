@@ -197,3 +197,22 @@ def test_pause_closes_the_camera_and_resume_reopens(portrait, data_file):
         s.set_paused(False)
         assert _wait_for(lambda: src.opens >= 2 and null.stats()["frames"] > n + 5)
     assert [e.code for e in s.events()].count("paused") == 1
+
+
+def test_switch_source_without_restart(portrait, data_file, tmp_path):
+    clip = data_file("cap13_edit2.mp4")
+    first = FlakySource(clip, lose_after=10**9, down_for=0)
+    second = FlakySource(data_file("carphone_pristine.mp4"), lose_after=10**9, down_for=0)
+    null = NullSink()
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, source_factory=lambda: first)
+    with Session(cfg, [null]) as s:
+        assert _wait_for(lambda: first.reads >= 5)
+        s.switch_source(lambda: second)
+        assert _wait_for(lambda: second.reads >= 5)
+        assert first.closed >= 1
+        n = null.stats()["frames"]
+        s.switch_source(lambda: VideoFileSource(tmp_path / "missing.mp4"))
+        assert _wait_for(lambda: any(e.code == "source_failed" for e in s.events()))
+        assert _wait_for(lambda: null.stats()["frames"] > n + 10)  # still streaming (idle)
+        assert second.closed >= 1
+    assert s.running is False
