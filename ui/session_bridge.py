@@ -349,19 +349,24 @@ class SessionBridge(QObject):
         if self._session is not None:
             self._set_state(RUNNING)
             return
-        opts = self.options
+        if self._try_start(self.options, "start"):
+            self._notify("info", "started", "Stream started")
+
+    def _try_start(self, opts: StreamOptions, verb: str) -> bool:
+        """Start a session for ``opts``; on failure tell the user (banner)
+        and return False. ``verb``: "start" or "restart" for the message."""
         try:
             self._start_session(opts)
         except UserError as e:
             self._fail_start(e.message, e.hint)
-            return
+            return False
         except Exception as e:
-            log.exception("could not start the stream")
-            self._fail_start(f"could not start the stream: {e}",
+            log.exception("could not %s the stream", verb)
+            self._fail_start(f"could not {verb} the stream: {e}",
                              "the details are in the log; Help > Copy diagnostics")
-            return
+            return False
         self._set_state(RUNNING)
-        self._notify("info", "started", "Stream started")
+        return True
 
     def _fail_start(self, message: str, hint: str) -> None:
         self._slot.close()
@@ -398,17 +403,7 @@ class SessionBridge(QObject):
         self._set_state(STARTING)
         self.busy.emit("Applying the new settings…")
         self._stop_session()
-        try:
-            self._start_session(opts)
-        except UserError as e:
-            self._fail_start(e.message, e.hint)
-            return
-        except Exception as e:
-            log.exception("could not restart the stream")
-            self._fail_start(f"could not restart the stream: {e}",
-                             "the details are in the log; Help > Copy diagnostics")
-            return
-        self._set_state(RUNNING)
+        self._try_start(opts, "restart")
 
     def _op_probe_vcam(self) -> None:
         if self._session is not None or self._slot.is_open or not self.options.vcam_enabled:
