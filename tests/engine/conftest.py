@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 PORTRAIT = REPO / "resources" / "portraits" / "astronaut.png"
@@ -71,3 +72,12 @@ def astronaut() -> AstronautCrop:
     m = crop_affine(box, CROP_SIZE)
     lms = (lms_full @ m[:, :2].T + m[:, 2]).astype(np.float32)
     return AstronautCrop(img, lms_full, box, crop, lms)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny ops: one intra-op thread avoids spin contention on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
