@@ -104,7 +104,7 @@ def data_dir() -> Path:
     return Path(base) / "kf-desktop" / "data"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -122,7 +122,7 @@ def data_path(name: str) -> Path:
 
 
 def is_complete(pkg: DataPackage, root: Path) -> bool:
-    return all((root / f.name).is_file() and _sha256_file(root / f.name) == f.sha256
+    return all((root / f.name).is_file() and sha256_file(root / f.name) == f.sha256
                for f in pkg.files)
 
 

@@ -32,7 +32,6 @@ Use::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import sys
@@ -43,6 +42,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from kf_desktop.data import sha256_file
 from kf_desktop.face import FaceAnalyzer
 from kf_desktop.portrait import CropBox, crop_square, head_crop_box
 
@@ -57,14 +57,6 @@ Progress = Callable[[str], None]
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def decode_video(path: Path, max_frames: int | None = None, stride: int = 1) -> tuple[list[np.ndarray], float]:
