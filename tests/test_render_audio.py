@@ -90,3 +90,34 @@ def test_live_session_mic_only_mode(data_file, portrait_path):
         snap = s.snapshot()
     assert null.stats()["frames"] > 20
     assert snap["audio"]["name"]
+
+
+def _mouth_track(path) -> np.ndarray:
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    with FaceAnalyzer(static=False) as fa:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            face = fa.analyze(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            out.append(face.mouth_open if face else np.nan)
+    return np.asarray(out)
+
+
+def test_audio_takes_over_when_the_driver_shows_no_face(data_file, portrait_path, tmp_path):
+    # A driver with no face in it (a camera pointed at a wall).
+    wall = tmp_path / "wall.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "color=c=gray:s=320x240:r=25:d=3", "-pix_fmt", "yuv420p", str(wall)],
+                   check=True)
+    silent, talking = tmp_path / "silent.mp4", tmp_path / "talking.mp4"
+    base = ["render", "--portrait", str(portrait_path), "--driver", str(wall),
+            "--size", "640x360", "--seconds", "3"]
+    assert main([*base, "--out", str(silent)]) == 0
+    assert main([*base, "--audio", str(data_file("librivox_0870.wav")),
+                 "--out", str(talking)]) == 0
+    # (mediapipe's first tracked frame is less precise: skip it)
+    still, moving = _mouth_track(silent)[3:], _mouth_track(talking)[3:]
+    assert np.nanstd(still) < 0.01  # no face, no audio: the mouth rests
+    assert np.nanstd(moving) > 3 * max(np.nanstd(still), 0.005)  # the speech drives it
