@@ -489,9 +489,10 @@ class SessionBridge(QObject):
                     log.exception("could not load the generator")
                 msg = e.message if isinstance(e, UserError) else str(e)
                 hint = e.hint if isinstance(e, UserError) and e.hint else ""
+                if not msg.startswith("the Knot Forcing model is not available"):
+                    msg = f"the Knot Forcing model is not available ({msg})"
                 self._notify("warning", "generator_unavailable",
-                             f"the Knot Forcing model is not available ({msg}); "
-                             "streaming the guide only",
+                             f"{msg}; streaming the guide only",
                              hint or "choose 'Guide only' to hide this message")
         source_factory = None
         camera_error: list[BaseException] = []
