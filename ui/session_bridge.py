@@ -400,6 +400,8 @@ class SessionBridge(QObject):
         opts = self.options
         if not self._needs_restart(opts):
             return
+        if self._switch_camera_only(opts):
+            return
         self._set_state(STARTING)
         self.busy.emit("Applying the new settings…")
         self._stop_session()
@@ -560,6 +562,27 @@ class SessionBridge(QObject):
         self._session_opts = opts.with_(camera=used_camera, mic=mic if mic_factory else None)
         if self._paused and hasattr(session, "set_paused"):
             session.set_paused(True)
+
+    def _switch_camera_only(self, opts: StreamOptions) -> bool:
+        """Another camera with every other option unchanged: swap the running
+        session's source (Session.switch_source) instead of restarting the
+        stream, so the output never pauses. Returns False when a restart is
+        still needed."""
+        old, session = self._session_opts, self._session
+        if session is None or old is None or not hasattr(session, "switch_source"):
+            return False
+        if not uses_camera(opts.mode) or old.camera is None:
+            return False
+        if opts.with_(camera=old.camera).restart_key() != old.restart_key():
+            return False  # something besides the camera changed
+        entry = self._find_camera(opts.camera)
+        if entry is None:
+            return False
+        svc = self.services
+        session.switch_source(lambda: svc.open_camera(entry, opts))
+        self._session_opts = old.with_(camera=entry)
+        self._notify("info", "camera_switched", f"Camera: {entry.name}")
+        return True
 
     def _find_camera(self, wanted: Any) -> Any:
         """The camera to open: the chosen one if it is plugged in; when the

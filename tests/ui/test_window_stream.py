@@ -326,3 +326,35 @@ def test_microphone_only_mode_with_a_wav_backed_mic(qtbot, make_window, clip_pat
     _wait_running(qtbot, ctl)
     shown = w.preview.frames_shown
     qtbot.waitUntil(lambda: w.preview.frames_shown > shown + 10, timeout=30_000)
+
+
+def test_changing_camera_swaps_the_source_without_restarting(qtbot, make_window, clip_path,
+                                                              mem_vcam):
+    from kf_desktop.sources import VideoFileSource
+    from tests.ui.conftest import TEST_CAMERA
+    from ui.options import DeviceEntry
+
+    other = DeviceEntry(1, "Second camera", "carphone")
+    opened = []
+
+    def open_camera(entry, opts):
+        opened.append(entry.name)
+        return VideoFileSource(clip_path, realtime=True, loop=True)
+
+    ctl = make_window(file_services(clip_path, mem_vcam.name, cameras=[TEST_CAMERA, other],
+                                    source=open_camera))
+    w, bridge = ctl.window, ctl.bridge
+    qtbot.waitUntil(lambda: w.camera_combo.count() == 2, timeout=10_000)
+    _click(qtbot, w.start_button)
+    _wait_running(qtbot, ctl)
+    session = bridge._session
+    qtbot.waitUntil(lambda: w.preview.frames_shown >= 5, timeout=30_000)
+    idx = next(i for i in range(w.camera_combo.count())
+               if w.camera_combo.itemText(i) == "Second camera")
+    w.camera_combo.setCurrentIndex(idx)
+    qtbot.waitUntil(lambda: any(e.code == "source_switched" for e in session.events()),
+                    timeout=15_000)
+    assert bridge._session is session  # the same stream: no restart
+    assert opened[-1] == "Second camera"
+    shown = w.preview.frames_shown
+    qtbot.waitUntil(lambda: w.preview.frames_shown >= shown + 5, timeout=15_000)
