@@ -186,6 +186,10 @@ def run_bench(args: argparse.Namespace) -> int:
     import os
 
     device = resolve_device(args.device)
+    if args.mode == "auto":
+        from kf_desktop.generators import auto_mode
+
+        args.mode = auto_mode(device, Path(args.weights) if args.weights else None)
     clip = data_path("cap13_edit2.mp4")
     with FaceAnalyzer(static=True, max_faces=2) as still:
         portrait = load_portrait(DEFAULT_PORTRAIT, still)

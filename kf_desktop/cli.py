@@ -42,8 +42,9 @@ def positive_float(text: str) -> float:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=["guide", "generator"], default="guide",
-                   help="guide: motion-guide warp only; generator: Knot Forcing model")
+    p.add_argument("--mode", choices=["auto", "guide", "generator"], default="auto",
+                   help="auto (default): the Knot Forcing model on a GPU with trained weights, "
+                        "else guide-only; guide: motion-guide warp only; generator: the model")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--weights", help="Knot Forcing weights folder (default: the shipped model)")
     p.add_argument("--allow-untrained", action="store_true",

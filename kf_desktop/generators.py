@@ -54,15 +54,30 @@ class GuideOnlyGenerator:
         pass
 
 
+def auto_mode(device: str, weights=None) -> str:
+    """The default: the Knot Forcing model where it can run in real time (a
+    CUDA GPU and trained weights that pass their sha256 check), else
+    guide-only. The default model runs ~22x slower than real time on a
+    2-core CPU (`kf-desktop bench --engine`), so the CPU never picks it."""
+    if not str(device).startswith("cuda"):
+        return "guide"
+    from kf_desktop.kf_generator import describe_shipped_model
+
+    ok, _detail, _fix = describe_shipped_model(weights)
+    return "generator" if ok else "guide"
+
+
 def make_generator(mode: str, device: str, *, weights=None, allow_untrained: bool = False,
                    untrained_preset: str = "default",
                    on_fallback: Callable[[str, str], None] | None = None) -> Generator:
-    """'guide' -> GuideOnlyGenerator; 'generator' -> the Knot Forcing model
+    """'auto' -> see auto_mode; 'guide' -> GuideOnlyGenerator; 'generator' -> the Knot Forcing model
     (trained weights, or a clearly labelled untrained one when allowed).
 
     Without trained weights the generator mode falls back to guide-only and
     tells ``on_fallback(message, hint)``; a random model is never used
     silently."""
+    if mode == "auto":
+        mode = auto_mode(device, weights)
     if mode == "guide":
         return GuideOnlyGenerator()
     if mode == "generator":

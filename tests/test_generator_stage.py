@@ -97,3 +97,14 @@ def test_session_with_generator_and_portrait_switch(tmp_path, data_file, portrai
         assert null.stats()["frames"] >= n + 9  # no stall across the switch
         assert s._renderer.generator.stream.chunk_index > 3
     assert "portrait_switched" in [e.code for e in s.events()]
+
+
+def test_auto_mode_picks_guide_only_on_cpu_and_without_weights(tmp_path):
+    from kf_desktop.generators import auto_mode
+
+    model, _ = random_model(get_preset("tiny").model)
+    save_model(model, tmp_path / "w", trained=True)
+    assert auto_mode("cpu", tmp_path / "w") == "guide"  # ~22x too slow on a CPU
+    assert auto_mode("cuda", tmp_path / "none") == "guide"  # no trained weights
+    assert auto_mode("cuda", tmp_path / "w") == "generator"
+    assert isinstance(make_generator("auto", "cpu"), GuideOnlyGenerator)
