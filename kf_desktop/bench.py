@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kf_desktop.cli import DEFAULT_PORTRAIT
 from kf_desktop.compute import resolve_device
 from kf_desktop.data import data_path
 from kf_desktop.face import FaceAnalyzer
@@ -34,7 +35,6 @@ from kf_desktop.stats import RollingStats, Timer
 from kf_desktop.vcam_memory import MemoryVcam
 
 STAGES = ("capture", "face", "retarget", "guide", "generator", "paste", "output")
-DEFAULT_PORTRAIT = Path(__file__).resolve().parent.parent / "resources" / "portraits" / "astronaut.png"
 
 
 class PacedSource:

@@ -109,49 +109,65 @@ def mux_audio(video: Path, wav: Path, seconds: float) -> None:
     os.replace(tmp, video)
 
 
+class _DriverFaces:
+    """The driver's face at any output time: reads forward through the video
+    (repeating or skipping frames to resample its fps) and tracks the face
+    with mediapipe in tracking mode."""
+
+    def __init__(self, source: VideoFileSource) -> None:
+        self._source = source
+        self._index = -1
+        self._frame = None
+        self._analyzer = FaceAnalyzer(static=False)
+
+    def face_at(self, t: float):
+        """(False, None) once the video has ended, else (True, face or None)."""
+        want = int(t * self._source.fps + 1e-6)
+        while self._index < want:
+            self._frame = self._source.read()
+            if self._frame is None:
+                return False, None
+            self._index += 1
+        return True, self._analyzer.analyze(self._frame.image)
+
+    def close(self) -> None:
+        self._analyzer.close()
+
+
 def _render_frames(req, source, track, portrait, generator, recorder, fps, device,
                    progress) -> RenderResult:
     t_start = time.monotonic()
     renderer = AvatarRenderer(portrait, out_size=req.size, device=device, generator=generator)
     renderer.configure_thread()
-    src_fps = source.fps if source else fps
     total = None
     if req.seconds is not None:
         total = int(round(req.seconds * fps))
     elif source is not None and source.frame_count:
-        total = int(source.frame_count / src_fps * fps)
+        total = int(source.frame_count / source.fps * fps)
     if track is not None and req.seconds is None:
         # The speech sets the length (a shorter driver ends the render first).
         audio_frames = int(track.duration * fps)
         total = audio_frames if total is None else min(total, audio_frames)
     bar = ProgressBar("rendering", total or 0, stream=sys.stderr) if progress else None
     written = 0
-    src_index = -1
-    frame = None
     faces_missing = 0
-    with FaceAnalyzer(static=False) as analyzer:
+    driver = _DriverFaces(source) if source is not None else None
+    try:
         j = 0
         while total is None or j < total:
-            # The driver frame shown at output time j / fps (resamples fps).
             t = j / fps
             face = None
-            if source is not None:
-                want = int(t * src_fps + 1e-6)
-                while src_index < want:
-                    frame = source.read()
-                    if frame is None:
-                        break
-                    src_index += 1
-                if frame is None or src_index < want:
-                    break
-                face = analyzer.analyze(frame.image)
+            if driver is not None:
+                found, face = driver.face_at(t)
+                if not found:
+                    break  # the driver ended
                 if face is None:
                     faces_missing += 1
                 elif track is not None and abs(face.yaw) > AUDIO_TAKEOVER_YAW:
                     face = None  # turned away: the audio mouth and idle motion lead
             params = track.params(t) if track is not None else None
-            face_frame = DrivingSignal(timestamp=t, face=face, params=params, index=j)
-            for out in renderer.step(face_frame):
+            for out in renderer.step(DrivingSignal(timestamp=t, face=face, params=params,
+                                                   index=j)):
                 recorder.submit(out.image, out.timestamp)
                 written += 1
             j += 1
@@ -160,6 +176,9 @@ def _render_frames(req, source, track, portrait, generator, recorder, fps, devic
         for out in renderer.flush():
             recorder.submit(out.image, out.timestamp)
             written += 1
+    finally:
+        if driver is not None:
+            driver.close()
     if bar:
         bar.close()
     recorder.stop()

@@ -76,6 +76,7 @@ class Session:
         self._out_q: DropOldestQueue[RenderedFrame] = DropOldestQueue(2)
         self._stop = threading.Event()
         self._paused = threading.Event()
+        self._control_lock = threading.Lock()
         self._pending_source: tuple[Callable[[], FrameSource] | None] | None = None
         self._threads: list[threading.Thread] = []
         self._renderer: AvatarRenderer | None = None
@@ -221,7 +222,7 @@ class Session:
         restarting the stream: the capture thread closes the old source and
         opens the new one; the output keeps running on idle frames meanwhile.
         A source that fails to open is reported and the stream stays idle."""
-        with self._events_lock:
+        with self._control_lock:
             self._pending_source = (factory,)
 
     def set_paused(self, paused: bool) -> None:
@@ -332,7 +333,7 @@ class Session:
 
     def _apply_source_switch(self) -> None:
         """Capture thread only: swap in a source requested by switch_source."""
-        with self._events_lock:
+        with self._control_lock:
             pending, self._pending_source = self._pending_source, None
         if pending is None:
             return

@@ -23,14 +23,10 @@ def _streams(path) -> list[str]:
     return out.split()
 
 
-def test_audio_only_render_talks_in_time_with_the_speech(data_file, portrait_path, tmp_path):
-    wav = data_file("librivox_0870.wav")
-    out = tmp_path / "talk.mp4"
-    assert main(["render", "--portrait", str(portrait_path), "--audio", str(wav),
-                 "--out", str(out), "--size", "640x360"]) == 0
-    assert _streams(out) == ["video", "audio"]
-
-    cap = cv2.VideoCapture(str(out))
+def _face_tracks(path) -> tuple[float, np.ndarray, np.ndarray]:
+    """(fps, mouth_open per frame, yaw per frame) measured by mediapipe on a
+    rendered video; NaN where no face is found."""
+    cap = cv2.VideoCapture(str(path))
     fps = cap.get(cv2.CAP_PROP_FPS)
     mouth, yaws = [], []
     with FaceAnalyzer(static=False) as fa:
@@ -41,7 +37,18 @@ def test_audio_only_render_talks_in_time_with_the_speech(data_file, portrait_pat
             face = fa.analyze(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             mouth.append(face.mouth_open if face else np.nan)
             yaws.append(face.yaw if face else np.nan)
-    mouth = np.asarray(mouth)
+    cap.release()
+    return fps, np.asarray(mouth), np.asarray(yaws)
+
+
+def test_audio_only_render_talks_in_time_with_the_speech(data_file, portrait_path, tmp_path):
+    wav = data_file("librivox_0870.wav")
+    out = tmp_path / "talk.mp4"
+    assert main(["render", "--portrait", str(portrait_path), "--audio", str(wav),
+                 "--out", str(out), "--size", "640x360"]) == 0
+    assert _streams(out) == ["video", "audio"]
+
+    fps, mouth, yaws = _face_tracks(out)
     x = load_mono16k(wav)
     assert len(mouth) == pytest.approx(len(x) / 16000 * fps, abs=2)
     # Loudness envelope straight from the samples, one value per video frame.
@@ -92,19 +99,6 @@ def test_live_session_mic_only_mode(data_file, portrait_path):
     assert snap["audio"]["name"]
 
 
-def _mouth_track(path) -> np.ndarray:
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    with FaceAnalyzer(static=False) as fa:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            face = fa.analyze(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            out.append(face.mouth_open if face else np.nan)
-    return np.asarray(out)
-
-
 def test_audio_takes_over_when_the_driver_shows_no_face(data_file, portrait_path, tmp_path):
     # A driver with no face in it (a camera pointed at a wall).
     wall = tmp_path / "wall.mp4"
@@ -118,6 +112,6 @@ def test_audio_takes_over_when_the_driver_shows_no_face(data_file, portrait_path
     assert main([*base, "--audio", str(data_file("librivox_0870.wav")),
                  "--out", str(talking)]) == 0
     # (mediapipe's first tracked frame is less precise: skip it)
-    still, moving = _mouth_track(silent)[3:], _mouth_track(talking)[3:]
+    still, moving = _face_tracks(silent)[1][3:], _face_tracks(talking)[1][3:]
     assert np.nanstd(still) < 0.01  # no face, no audio: the mouth rests
     assert np.nanstd(moving) > 3 * max(np.nanstd(still), 0.005)  # the speech drives it
