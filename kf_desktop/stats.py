@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -60,13 +61,34 @@ class RollingStats:
         p = self.percentiles(name, (50,))
         return p.get("p50")
 
-    def rate(self, name: str) -> float | None:
-        """Events per second over the retained window of ticks."""
+    def rate(self, name: str, now: float | None = None, horizon: float = 2.0) -> float | None:
+        """Events per second, measured up to ``now`` (default: the current
+        time), so the rate falls to 0 within ``horizon`` seconds once nothing
+        flows. None before a series has two ticks.
+
+        While every retained tick is younger than ``horizon`` (start-up, or a
+        rate so high that the window holds less than ``horizon``) the rate is
+        the ticks per second since the oldest one; otherwise it is the ticks
+        in the last ``horizon`` seconds divided by ``horizon``."""
         with self._lock:
             q = list(self._ticks.get(name, ()))
-        if len(q) < 2 or q[-1] <= q[0]:
+        if len(q) < 2:
             return None
-        return (len(q) - 1) / (q[-1] - q[0])
+        now = time.monotonic() if now is None else now
+        now = max(now, q[-1])
+        start = now - horizon
+        if q[0] > start:
+            span = now - q[0]
+            if span <= 0:
+                return None
+            # (n - 1) intervals over the time they took, not counting the
+            # open interval since the newest tick while it is not overdue.
+            typical = (q[-1] - q[0]) / (len(q) - 1)
+            if now - q[-1] <= typical:
+                span = q[-1] - q[0]
+            return (len(q) - 1) / span if span > 0 else None
+        recent = len(q) - bisect.bisect_right(q, start)
+        return recent / horizon
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -76,8 +98,9 @@ class RollingStats:
         out: dict = {"ms": {}, "fps": {}, "counters": counters}
         for n in names:
             out["ms"][n] = self.percentiles(n)
+        now = time.monotonic()
         for n in ticks:
-            r = self.rate(n)
+            r = self.rate(n, now)
             if r is not None:
                 out["fps"][n] = r
         return out
