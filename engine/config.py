@@ -62,6 +62,14 @@ class ModelConfig:
     time_scale: float = 1000.0  # sigma in [0, 1] is embedded as sigma * time_scale
     norm_eps: float = 1e-6
     codec: str = "identity"  # the Codec the model's frames live in (engine/codec.py)
+    # What the head's output means:
+    # "x0":             the clean frame itself (x-prediction);
+    # "guide_residual": a correction added to the frame's motion guide, so
+    #                   x0 = guide + head(...). With adaLN-zero init the
+    #                   untrained model is exactly guide-only, and the guide's
+    #                   identity pixels are kept wherever the model learns to
+    #                   output zero (the mouth and lids are where it does not).
+    predict: Literal["x0", "guide_residual"] = "x0"
 
     # ---- derived sizes -------------------------------------------------
     @property
@@ -129,6 +137,8 @@ class ModelConfig:
             raise bad(f"adaln {self.adaln!r}", "use 'per_block' or 'shared'")
         if self.hidden_dim < 1:
             raise bad("mlp_dim must be >= 1", "use a positive MLP width")
+        if self.predict not in ("x0", "guide_residual"):
+            raise bad(f"predict {self.predict!r}", "use 'x0' or 'guide_residual'")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +279,23 @@ def _presets() -> dict[str, Preset]:
         StreamConfig(),
         "shipped laptop model: pixel space 256x256, patch 16",
     )
+    # Chosen by measurement on a 2-core AVX-512 laptop-class CPU (issue 12,
+    # scripts/measure_presets.py): 64 tokens per frame at 128 px, 3.2 M
+    # parameters, S = 2 with reuse_last_step (no extra cache-write forward),
+    # a 6-frame window: ~70 frames/s for the model alone in bf16, which leaves
+    # the face tracker, the guide and paste-back room inside 40 ms per frame.
+    # It predicts a correction of the guide (predict="guide_residual") and the
+    # app adds that correction to the full-size guide (engine/detail.py), so
+    # the portrait's detail is the guide's, pixel for pixel. shift 2 (not 5):
+    # with two steps, shift 5 puts the last step at sigma 0.83, shift 2 at 0.67.
+    laptop = Preset(
+        "laptop",
+        ModelConfig(height=128, width=128, patch=16, dim=192, depth=4, heads=4, mlp_dim=576,
+                    predict="guide_residual"),
+        StreamConfig(chunk=3, knot=1, window=6, steps=2, shift=2.0, cache_write="reuse_last_step",
+                     n_init=8, ref_step=4),
+        "shipped CPU model: 128 px correction of the 256 px guide, patch 16, 2 steps",
+    )
     paper = Preset(
         "paper",
         ModelConfig(
@@ -286,10 +313,10 @@ def _presets() -> dict[str, Preset]:
         StreamConfig(chunk=3, knot=1, window=9, steps=4),
         "paper-scale backbone (Wan 2.1 1.3B shape) on 16-channel latents",
     )
-    return {p.name: p for p in (tiny, default, paper)}
+    return {p.name: p for p in (tiny, default, laptop, paper)}
 
 
-PRESET_NAMES = ("tiny", "default", "paper")
+PRESET_NAMES = ("tiny", "default", "laptop", "paper")
 
 
 def get_preset(name: str) -> Preset:

@@ -388,7 +388,11 @@ class KnotForcingDiT(nn.Module):
         x = self.run_blocks(self.embed(frames), tcond, attn, kv_only=kv_only)
         if kv_only:
             return None
-        return self.final(x, temb)
+        x0 = self.final(x, temb)  # (B, F, C, H, W)
+        if self.cfg.predict == "guide_residual":
+            c = self.cfg.in_channels
+            x0 = x0 + frames[:, :, c : 2 * c].to(x0.dtype)  # the guide channels, codec space
+        return x0
 
     def forward_full(
         self,

@@ -41,7 +41,8 @@ import cv2
 import numpy as np
 import torch
 
-from engine.evaluation.metrics import drift, landmark_error, psnr, seam_ratio, ssim
+from engine.evaluation.metrics import drift, landmark_error, psnr, region_boxes, region_psnr_ssim, seam_ratio, ssim
+from engine.training.augment import LEFT_EYE, MOUTH, RIGHT_EYE
 from engine.evaluation.variants import VARIANTS, run_variant
 from engine.motion_guide import warp_guide
 from engine.training.data import load_clips
@@ -155,10 +156,13 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
     from engine.config import StreamConfig, get_preset
 
     scfg = StreamConfig.from_dict(scfg_dict) if scfg_dict else get_preset(info.training.get("preset", "default")).stream
-    size = model.cfg.height
     manifest, clips = load_clips(data)
-    if manifest["size"] != size:
-        raise ValueError(f"dataset is {manifest['size']}px, model {size}px")
+    # evaluated at the dataset's crop size, which may exceed the model's (the
+    # app's 256 px crop around a 128 px model): what users see
+    size = int(manifest["size"])
+    if size < model.cfg.height or size % model.cfg.height:
+        raise ValueError(f"dataset is {size}px, model {model.cfg.height}px: use a dataset at the model's "
+                         f"size or a multiple of it (kf-desktop dataset --size {2 * model.cfg.height})")
     ident = make_identity()
     if ident is None:
         progress("dlib / face-recognition-models not installed: identity columns are n/a "
@@ -188,6 +192,10 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
         ref_lms = clip.landmarks[lo]
         drive = clip.landmarks[lo + 1:hi]
         real = torch.stack([_t(f) for f in clip.frames[lo + 1:hi]])
+        # the regions the guide gets wrong, located on the real frames
+        dlm = torch.from_numpy(np.ascontiguousarray(drive[:, :, :2], np.float32))
+        mouth_boxes = region_boxes(dlm, MOUTH, size)
+        eye_boxes = region_boxes(dlm, RIGHT_EYE + LEFT_EYE, size)
         ref_emb = ident.embed(clip.frames[lo]) if ident else None
         progress(f"self-reenactment {clip.name}: held-out frames {lo + 1}..{hi - 1}")
         if ci == 0:
@@ -196,6 +204,10 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
             frames = run_variant(v, model, scfg, ref[None], _guides(ref, ref_lms, drive), len(drive), seed)
             add(v, "psnr", psnr(frames, real))
             add(v, "ssim", ssim(frames, real))
+            for region, boxes in (("mouth", mouth_boxes), ("eyes", eye_boxes)):
+                rp, rs = region_psnr_ssim(frames, real, boxes)
+                add(v, f"psnr_{region}", rp)
+                add(v, f"ssim_{region}", rs)
             add(v, "id_self", id_dist(ref_emb, frames, every=max(1, len(frames) // 25)))
             plm = output_landmarks(frames, analyzer)
             add(v, "lmk_self", landmark_error(torch.from_numpy(plm), torch.from_numpy(drive)))
@@ -255,9 +267,44 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
     return {"metrics": res, "meta": meta, "table": table}
 
 
+def evaluation_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """The figures --mode auto decides from: generator minus guide-only."""
+    m = res["metrics"]
+    g, b = m.get("generator", {}), m.get("guide_only", {})
+
+    def delta(key: str) -> float | None:
+        x, y = g.get(key), b.get(key)
+        return None if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)) else float(x - y)
+
+    d = {k: delta(k) for k in ("psnr", "ssim", "psnr_mouth", "ssim_mouth", "psnr_eyes", "ssim_eyes",
+                               "id_cross", "lmk_self")}
+    beats = d["psnr_mouth"] is not None and d["ssim_mouth"] is not None and d["psnr_mouth"] > 0 and d["ssim_mouth"] > 0
+    return {"generator_minus_guide_only": d, "beats_guide_only_mouth": bool(beats),
+            "size": res["meta"]["size"], "steps": res["meta"]["steps"],
+            "generator": g, "guide_only": b, "seconds": res["meta"]["seconds"]}
+
+
+def record_evaluation(weights: str | Path, res: dict[str, Any]) -> Path:
+    """Add ``evaluation`` to the weights' config.json (the weight files and
+    their sha256 are untouched). Written atomically."""
+    from engine.weights import read_config
+
+    path = Path(weights) / "config.json"
+    doc = read_config(weights)
+    doc["evaluation"] = evaluation_summary(res)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
 COLUMNS = (
     ("psnr", "PSNR dB ↑", "{:.2f}"),
     ("ssim", "SSIM ↑", "{:.3f}"),
+    ("psnr_mouth", "mouth PSNR ↑", "{:.2f}"),
+    ("ssim_mouth", "mouth SSIM ↑", "{:.3f}"),
+    ("psnr_eyes", "eyes PSNR ↑", "{:.2f}"),
+    ("ssim_eyes", "eyes SSIM ↑", "{:.3f}"),
     ("id_self", "identity self ↓", "{:.3f}"),
     ("id_cross", "identity cross ↓", "{:.3f}"),
     ("lmk_self", "landmark err self ↓", "{:.3f}"),
@@ -318,11 +365,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "kf-desktop eval") -> in
     ap.add_argument("--drift-seconds", type=float, default=600.0, help="length of the drift run (0 = skip)")
     ap.add_argument("--portraits", nargs="*", default=None, help="unseen portraits (default resources/portraits/*.png)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--record", action="store_true",
+                    help="write the generator-vs-guide-only summary into the weights' config.json "
+                         "(what --mode auto reads to decide whether the model beats the warp)")
     a = ap.parse_args(argv)
     from engine.weights import default_weights_dir
 
-    evaluate(a.data, a.weights or default_weights_dir(), a.out, variants=a.variants,
-             max_frames=a.max_frames or None, drift_seconds=a.drift_seconds, portraits=a.portraits)
+    weights = a.weights or default_weights_dir()
+    res = evaluate(a.data, weights, a.out, variants=a.variants,
+                   max_frames=a.max_frames or None, drift_seconds=a.drift_seconds, portraits=a.portraits)
+    if a.record:
+        path = record_evaluation(weights, res)
+        print(f"recorded the evaluation summary in {path}")
     return 0
 
 

@@ -99,12 +99,37 @@ def test_session_with_generator_and_portrait_switch(tmp_path, data_file, portrai
     assert "portrait_switched" in [e.code for e in s.events()]
 
 
-def test_auto_mode_picks_guide_only_on_cpu_and_without_weights(tmp_path):
-    from kf_desktop.generators import auto_mode
+def _with_evaluation(path, psnr_mouth: float, ssim_mouth: float) -> None:
+    """Record an evaluation summary as `kf-desktop eval --record` writes it."""
+    import json
+
+    doc = json.loads((path / "config.json").read_text())
+    doc["evaluation"] = {"generator_minus_guide_only": {"psnr_mouth": psnr_mouth, "ssim_mouth": ssim_mouth},
+                         "beats_guide_only_mouth": psnr_mouth > 0 and ssim_mouth > 0}
+    (path / "config.json").write_text(json.dumps(doc))
+
+
+def test_auto_mode_decides_from_evaluation_and_measured_speed(tmp_path):
+    from kf_desktop.generators import auto_mode, decide_auto
+    from kf_desktop.kf_generator import KnotForcingGenerator
 
     model, _ = random_model(get_preset("tiny").model)
-    save_model(model, tmp_path / "w", trained=True)
-    assert auto_mode("cpu", tmp_path / "w") == "guide"  # ~22x too slow on a CPU
+    save_model(model, tmp_path / "w", trained=True, training={"stream_config": get_preset("tiny").stream.to_dict()})
     assert auto_mode("cuda", tmp_path / "none") == "guide"  # no trained weights
+    d = decide_auto("cuda", tmp_path / "w")  # no evaluation recorded: no evidence
+    assert d.mode == "guide" and "evaluation" in d.reason
+    _with_evaluation(tmp_path / "w", -0.4, 0.01)
+    d = decide_auto("cuda", tmp_path / "w")
+    assert d.mode == "guide" and "does not beat" in d.reason and "-0.40 dB" in d.reason
+    _with_evaluation(tmp_path / "w", 1.7, 0.03)
     assert auto_mode("cuda", tmp_path / "w") == "generator"
-    assert isinstance(make_generator("auto", "cpu"), GuideOnlyGenerator)
+    # on a CPU the decision includes a real start-up speed probe of the loaded model
+    seen = []
+    gen = make_generator("auto", "cpu", weights=tmp_path / "w", on_decision=seen.append)
+    assert isinstance(gen, KnotForcingGenerator) and seen[-1].mode == "generator"
+    assert seen[-1].measured_fps and seen[-1].measured_fps > 25
+    # a machine that cannot keep up (here: an output rate no CPU reaches) falls back and says why
+    gen = make_generator("auto", "cpu", weights=tmp_path / "w", on_decision=seen.append, fps=1e6)
+    assert isinstance(gen, GuideOnlyGenerator)
+    assert seen[-1].mode == "guide" and "frames/s" in seen[-1].reason
+    assert isinstance(make_generator("auto", "cpu", weights=tmp_path / "none"), GuideOnlyGenerator)

@@ -84,3 +84,30 @@ def drift(values: torch.Tensor | list[float], fps: float, window_s: float = 60.0
     if n <= 0 or 2 * n > len(v):
         n = max(1, len(v) // 4)
     return float(v[-n:].mean() - v[:n].mean())
+
+
+def region_boxes(lms: torch.Tensor, idx: tuple[int, ...], size: int, pad: float = 1.35,
+                 min_side: int = 8) -> list[tuple[int, int, int, int]]:
+    """lms (N, 478, 2) crop px of the REAL frames -> per frame (x0, y0, x1, y1)
+    integer box around landmarks ``idx``, padded by ``pad`` (the training
+    loss's region), at least ``min_side`` px, clipped to the crop."""
+    p = lms[:, list(idx), :2].float()  # (N, k, 2)
+    lo, hi = p.amin(1), p.amax(1)
+    c, half = (lo + hi) / 2, ((hi - lo) / 2 * pad).clamp_min(min_side / 2)
+    out = []
+    for (cx, cy), (hx, hy) in zip(c.tolist(), half.tolist()):
+        x0, x1 = max(0, int(math.floor(cx - hx))), min(size, int(math.ceil(cx + hx)))
+        y0, y1 = max(0, int(math.floor(cy - hy))), min(size, int(math.ceil(cy + hy)))
+        out.append((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+    return out
+
+
+def region_psnr_ssim(a: torch.Tensor, b: torch.Tensor, boxes: list[tuple[int, int, int, int]]) -> tuple[float, float]:
+    """Mean PSNR and SSIM inside per-frame boxes. a, b (N, 3, H, W) in [0, 1]."""
+    ps, ss = [], []
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        pa, pb = a[i, :, y0:y1, x0:x1], b[i, :, y0:y1, x0:x1]
+        ps.append(psnr(pa, pb))
+        ss.append(ssim(pa, pb))
+    finite = [p for p in ps if math.isfinite(p)]
+    return (float(sum(finite) / len(finite)) if finite else math.inf), float(sum(ss) / max(len(ss), 1))

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 
 from engine.config import StreamConfig
+from engine.detail import FullResStream
 from engine.model import KnotForcingDiT
 from engine.stream import KnotForcingStream
 
@@ -44,7 +45,9 @@ def variant_config(cfg: StreamConfig, variant: str) -> StreamConfig:
 def run_variant(variant: str, model: KnotForcingDiT | None, cfg: StreamConfig, reference: torch.Tensor,
                 guides: Iterable[torch.Tensor], n: int, seed: int = 0,
                 on_frame: Callable[[int, torch.Tensor], None] | None = None, keep: bool = True) -> torch.Tensor | None:
-    """reference (1, 3, S, S) and guides (1, 3, S, S) per frame in [0, 1] ->
+    """reference (1, 3, S, S) and guides (1, 3, S, S) per frame in [0, 1], S >=
+    the model's size (a smaller model adds its correction to the full-size
+    guide, engine/detail.py, as the app does) ->
     (n, 3, S, S) output frames (or None with keep=False; ``on_frame(i, frame)``
     sees every frame, for long drift runs)."""
     outs: list[torch.Tensor] = []
@@ -67,13 +70,13 @@ def run_variant(variant: str, model: KnotForcingDiT | None, cfg: StreamConfig, r
         return torch.stack(outs) if keep else None
     if model is None:
         raise ValueError("a model is needed for the generator variants")
-    st = KnotForcingStream(model, variant_config(cfg, variant), batch_size=1, seed=seed, allow_untrained=True)
+    st = FullResStream(KnotForcingStream(model, variant_config(cfg, variant), batch_size=1, seed=seed,
+                                         allow_untrained=True))
     st.set_reference(reference)
     for g in guides:
-        o = st.feed(g)
-        if o is not None:
-            emit(o[0])
-    tail = st.flush()
-    if tail is not None:
-        emit(tail[0])
+        o = st.push(g)
+        if o:
+            emit(torch.cat(o))
+    for f in st.flush():  # (1, 3, S, S) each
+        emit(f)
     return torch.stack(outs) if keep else None

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Sequence
 
+from engine.config import PRESET_NAMES
 from engine.training.trainer import TrainConfig, train
 
 
@@ -15,7 +16,7 @@ def build_parser(prog: str = "python -m engine.training") -> argparse.ArgumentPa
     ap = argparse.ArgumentParser(prog=prog, description="train the Knot Forcing generator (self-reenactment)")
     ap.add_argument("--data", required=True, help="dataset dir from `python -m kf_desktop.dataset_build`")
     ap.add_argument("--out", required=True, help="run dir: model/ (weights), state/ (resume), train.log")
-    ap.add_argument("--preset", default=d.preset, choices=("tiny", "default", "paper"))
+    ap.add_argument("--preset", default=d.preset, choices=PRESET_NAMES)
     ap.add_argument("--size", type=int, default=None, help="override the preset's frame size")
     ap.add_argument("--stage", default=d.stage, choices=("diffusion", "self_forcing"))
     ap.add_argument("--steps", type=int, default=d.steps, help="total steps (a resumed run continues up to it)")

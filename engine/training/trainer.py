@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ModelConfig, StreamConfig, get_preset
+from engine.hardware import cpu_has_native_bf16
 from engine.model import KnotForcingDiT, build_model, count_parameters
 from engine.motion_guide import warp_guide
 from engine.sampler import sample_training_sigmas
@@ -71,7 +72,7 @@ class TrainConfig:
     ema: float = 0.0  # 0 = off; e.g. 0.999
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True  # autocast bf16 on CUDA (ignored on CPU)
+    bf16: bool = True  # autocast bf16 (CUDA, and CPUs with native bf16: AVX-512 BF16 / AMX)
     # objective
     t_mean: float = 0.0
     t_std: float = 1.0
@@ -102,6 +103,8 @@ class TrainConfig:
     init: str = ""  # weights dir to start from (fresh optimizer)
     resume: bool = False
     sample: dict = field(default_factory=dict)  # SampleSpec overrides
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields over the preset's
+    stream_overrides: dict = field(default_factory=dict)  # StreamConfig fields over the preset's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,10 +118,14 @@ def pick_device(name: str) -> torch.device:
 
 def model_and_stream_config(tc: TrainConfig) -> tuple[ModelConfig, StreamConfig]:
     p = get_preset(tc.preset)
-    mc = p.model
+    mc, sc = p.model, p.stream
+    if tc.model_overrides:
+        mc = ModelConfig.from_dict(dict(mc.to_dict(), **tc.model_overrides))
+    if tc.stream_overrides:
+        sc = StreamConfig.from_dict(dict(sc.to_dict(), **tc.stream_overrides))
     if tc.size:
         mc = dataclasses.replace(mc, height=tc.size, width=tc.size).validate()
-    return mc, p.stream
+    return mc, sc
 
 
 # --------------------------------------------------------------------------
@@ -380,7 +387,7 @@ class Trainer:
             self.history = meta.get("history", [])
             self.eval_history = meta.get("eval_history", [])
             self.log(f"resumed from {self.out / 'state'} at step {self.step}")
-        self.autocast = self.device.type == "cuda" and tc.bf16
+        self.autocast = tc.bf16 and (self.device.type == "cuda" or cpu_has_native_bf16())
         self.log(f"model {count_parameters(self.model) / 1e6:.2f} M params, preset {tc.preset}, "
                  f"{self.mcfg.height}px, stage {tc.stage}, device {self.device}"
                  f"{' bf16' if self.autocast else ''}, {sum(c.n_train for c in self.clips)} train frames "
@@ -394,7 +401,7 @@ class Trainer:
 
     # ---- one forward -----------------------------------------------------------------
     def _forward(self, batch: Batch) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             x0 = self.model.forward_full(batch.frames, batch.sigma, batch.t_pos, batch.mask)
         return x0[:, 1 + batch.n_ctx:]
 
@@ -425,7 +432,7 @@ class Trainer:
         # the stream starts at frame 0; earlier frames than the window repeat the first guide
         lead = start - n_ctx
         outs = []
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             for j in range(start):
                 g = pre[:, max(0, j - lead)] if j >= lead else pre[:, 0]
                 o = st.feed(g.clamp(0, 1))
