@@ -66,6 +66,19 @@ def _mediapipe_models() -> Check:
                  "" if ok else "pip install --no-deps mediapipe==0.10.21 (ships the face models)")
 
 
+def _qt_binding() -> Check:
+    """PySide6 importable, and not a release that leaks references to None
+    (6.12.0 crashes the window after ~80 s of streaming)."""
+    try:
+        from ui import qt_guard
+
+        ok, detail, fix = qt_guard.check_binding()
+    except Exception as e:
+        return Check("PySide6", False, f"{type(e).__name__}: {e}",
+                     "pip install PySide6-Essentials (the desktop window)")
+    return Check("PySide6", ok, detail, fix)
+
+
 def _cameras() -> Check:
     from kf_desktop.sources import list_cameras
 
@@ -128,7 +141,7 @@ def collect() -> list[Check]:
               _module("triton", "pip install triton (Triton kernels; optional on CPU)"),
               _mediapipe_models(),
               _module("cv2", "pip install 'opencv-python-headless<5'"),
-              _module("PySide6", "pip install PySide6-Essentials (the desktop window)"),
+              _qt_binding(),
               _module("pyvirtualcam", "pip install pyvirtualcam"),
               _ffmpeg(), _data(), _model(), _cameras(), _microphones(), _vcam()]
     return checks

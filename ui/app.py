@@ -19,6 +19,7 @@ from PySide6.QtCore import QStandardPaths, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
+from ui import qt_guard
 from ui.logs import LogSetup, setup_logging
 from ui.style import apply_style
 
@@ -91,6 +92,18 @@ def _check_display() -> None:
                         "`kf-desktop run`")
 
 
+def guard_binding() -> tuple[bool, str, str]:
+    """Check the Qt binding (ui.qt_guard); on a leaking one, keep None alive
+    so the window cannot abort, and say which version to install."""
+    ok, detail, fix = qt_guard.check_binding()
+    if not ok:
+        protected = qt_guard.protect_none()
+        log.error("%s; %s (fix: %s)", detail,
+                  "None's reference count was raised out of its reach" if protected
+                  else "nothing to protect on this Python", fix)
+    return ok, detail, fix
+
+
 def run_app(args: argparse.Namespace | None = None) -> int:
     from ui.controller import Controller
 
@@ -99,8 +112,11 @@ def run_app(args: argparse.Namespace | None = None) -> int:
     app = create_application()
     logs: LogSetup = setup_logging(log_dir())
     log.info("starting the desktop window (Qt platform %s)", app.platformName())
+    binding_ok, binding_detail, binding_fix = guard_binding()
     ctl = Controller(log_setup=logs)
     install_crash_reporting(ctl.report_unexpected)
+    if not binding_ok:
+        ctl.notify("warning", "qt_binding", binding_detail, binding_fix)
     ctl.window.show()
     check = bool(getattr(args, "check", False))
     quit_after = float(os.environ.get("KF_GUI_QUIT_AFTER", "0") or 0)

@@ -344,6 +344,10 @@ class Controller(QObject):
             return
         self._banner(n)
 
+    def notify(self, level: str, code: str, message: str, hint: str = "") -> None:
+        """Show a banner from outside the controller (the app's start-up checks)."""
+        self._banner(Notice(level, code, message, hint))
+
     def _banner(self, n: Notice) -> None:
         self.window.banners.show_banner(n.level, n.code, n.message, n.hint, self._actions_for(n),
                                         getattr(n, "detail", ""))
