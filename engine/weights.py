@@ -26,8 +26,10 @@ None and a sentence to show ("no trained weights ...; running guide-only").
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +184,63 @@ def _resolve_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def _bad_field(where: Path, field_name: str, want: str, got: Any) -> WeightsError:
+    return WeightsError(
+        f"{where}: {field_name} must be {want}, got {got!r} ({type(got).__name__})",
+        "re-download the weights or re-train; write configs with engine.weights.save_model()",
+    )
+
+
+def _check_model_config(mc: Any, where: Path) -> None:
+    """Every ModelConfig field has the JSON type of its default (an int is
+    not a bool, a string or 64.0), so a hand-edited config is refused with
+    the field's name instead of failing somewhere inside the model."""
+    if not isinstance(mc, dict):
+        raise _bad_field(where, "model_config", "an object", mc)
+    for f in dataclasses.fields(ModelConfig):
+        if f.name not in mc:
+            continue
+        v, default = mc[f.name], f.default
+        label = f"model_config.{f.name}"
+        if v is None and "None" in str(f.type):
+            continue
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise _bad_field(where, label, "true or false", v)
+        elif isinstance(default, int):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise _bad_field(where, label, "an integer", v)
+        elif isinstance(default, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise _bad_field(where, label, "a finite number", v)
+        elif isinstance(default, str):
+            if not isinstance(v, str):
+                raise _bad_field(where, label, "a string", v)
+        elif "tuple" in str(f.type):
+            if not isinstance(v, list) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise _bad_field(where, label, "a list of integers", v)
+
+
+def _check_types(doc: dict[str, Any], where: Path) -> None:
+    _check_model_config(doc["model_config"], where)
+    if not isinstance(doc["trained"], bool):
+        # "trained": "false" is a non-empty string: truthy, and must not
+        # pass for trained weights.
+        raise _bad_field(where, "trained", "true or false", doc["trained"])
+    if not isinstance(doc.get("training", {}), dict):
+        raise _bad_field(where, "training", "an object", doc["training"])
+    files = doc["files"]
+    if not isinstance(files, list):
+        raise _bad_field(where, "files", "a list", files)
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise _bad_field(where, f"files[{i}]", 'an object {"name": ..., "sha256": ...}', f)
+        for key in ("name", "sha256"):
+            if not isinstance(f.get(key), str):
+                raise _bad_field(where, f"files[{i}].{key}", "a string", f.get(key))
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Parse and sanity-check config.json of a weights directory."""
     d = _resolve_dir(path)
@@ -197,10 +256,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("model_config", "trained", "files"):
         if key not in doc:
             raise WeightsError(f"{d / CONFIG_FILE} lacks {key!r}", "re-download the weights or re-train")
+    _check_types(doc, d / CONFIG_FILE)
     if not doc["files"]:
         raise WeightsError(f"{d / CONFIG_FILE} lists no weight files", "re-download the weights or re-train")
     for f in doc["files"]:
-        name = str(f.get("name", ""))
+        name = f["name"]
         if Path(name).suffix.lower() in PICKLE_SUFFIXES:
             raise _refuse_pickle(Path(name))
         if not name.endswith(".safetensors") or Path(name).name != name:
@@ -225,6 +285,21 @@ def verify_files(path: str | os.PathLike, doc: dict[str, Any] | None = None) -> 
             )
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one file; a damaged header or body (even one whose
+    sha256 was recorded after the damage) is a WeightsError, not a raw
+    SafetensorError."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # SafetensorError, OSError, a header that is not JSON...
+        raise WeightsError(
+            f"{path.name} is not a readable safetensors file ({type(e).__name__}: {e})",
+            "re-download the weights or re-train; the file is damaged or not safetensors",
+        ) from e
+
+
 def load_model(
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
@@ -232,21 +307,19 @@ def load_model(
 ) -> tuple[KnotForcingDiT, WeightsInfo]:
     """Load a weights directory -> (model in eval mode, info). ``info.trained``
     (and ``model.trained``) tell whether these are trained weights."""
-    from safetensors.torch import load_file
-
     d = _resolve_dir(path)
     doc = read_config(d)
     try:
         cfg = ModelConfig.from_dict(doc["model_config"])
-    except (ConfigError, TypeError) as e:
-        msg = e.message if isinstance(e, ConfigError) else str(e)
+        with torch.device("meta"):
+            model = KnotForcingDiT(cfg)  # shapes only, no memory
+    except (ConfigError, TypeError, ValueError, ArithmeticError) as e:
+        msg = e.message if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
         raise WeightsError(f"{d / CONFIG_FILE}: bad model_config ({msg})", "re-download the weights or re-train") from e
     verify_files(d, doc)
     tensors: dict[str, torch.Tensor] = {}
     for f in doc["files"]:
-        tensors.update(load_file(str(d / f["name"]), device="cpu"))
-    with torch.device("meta"):
-        model = KnotForcingDiT(cfg)  # shapes only, no memory
+        tensors.update(_read_safetensors(d / f["name"]))
     expected = model.state_dict()
     for name, t in expected.items():
         if name not in tensors:
@@ -266,6 +339,13 @@ def load_model(
             f"config does not match the tensors: unexpected tensor {extra[0]} (and {len(extra) - 1} more)",
             "the config.json belongs to another model; re-download the weights or re-train",
         )
+    for name, t in expected.items():
+        if tensors[name].dtype.is_floating_point != t.dtype.is_floating_point:
+            raise WeightsError(
+                f"config does not match the tensors: {name} is {_dtype_name(tensors[name].dtype)} "
+                f"in the file, the model needs a floating-point tensor",
+                "the weight files belong to another program; re-download the weights or re-train",
+            )
     model = model.to_empty(device=device)
     model.load_state_dict(tensors)
     if dtype is not None:
@@ -321,6 +401,9 @@ def try_load_trained(
         model, info = load_model(path, device, dtype)
     except WeightsError as e:
         return LoadResult(None, None, f"{e.message}. Running guide-only. ({e.hint})")
+    except Exception as e:  # out of memory, a device error...: still guide-only, never a crash
+        return LoadResult(None, None, f"could not load the weights at {path} "
+                                      f"({type(e).__name__}: {e}). Running guide-only.")
     if not info.trained:
         return LoadResult(
             None,
