@@ -101,10 +101,18 @@ class KVCache:
             n += self.shadow_k.nbytes + self.shadow_v.nbytes  # type: ignore[union-attr]
         return n
 
-    def reset(self) -> None:
+    def reset(self, clear: bool = False) -> None:
         """Forget the committed frames (KV_ref stays). Stale ring contents are
-        masked out until overwritten, so nothing needs zeroing."""
+        masked out until overwritten; ``clear=True`` also zeroes the window
+        and the tail (needed after a non-finite value: a masked NaN still
+        gives 0 x NaN = NaN in attention)."""
         self.frames_written = 0
+        if clear:
+            r = self.ref_tokens
+            self.k[:, :, :, r:].zero_()
+            self.v[:, :, :, r:].zero_()
+            if self.k_rot is not None:
+                self.k_rot.zero_()
 
     def slot_positions(self, window_start: int) -> torch.Tensor:
         """(L,) int64 temporal position of each ring slot's frame relative to

@@ -52,7 +52,23 @@ explicit) ``step_reference_switch(token_budget)`` prefill the new KV_ref in a
 shadow slot a few layers at a time; frames keep coming with the old
 reference; the shadow is swapped in at the next chunk boundary after it is
 complete. The result equals ``set_reference(new, keep_history=True)`` at
-that boundary.
+that boundary. Automatic: the chunk after ``begin`` and the next
+``switch_chunks - 1`` ones each run their share of the layers
+(``floor(depth * (j + 1) / switch_chunks)`` after the j-th), so the new
+portrait is used exactly ``switch_chunks`` chunks later at any depth.
+Several streams on one engine, with the prefill fused into the steps under a
+token budget: engine/planner.py and engine/serving.py.
+
+Non-finite values: one NaN (a bad guide pixel on a GPU, where input checks
+are off) would spread through KV_pre for good. Each chunk ORs a device flag
+"the prediction has a non-finite value" (no host sync; on CUDA the flag is
+copied to pinned memory asynchronously and read when that copy is done).
+Committed frames that are not finite are replaced by their guide on the
+device, so a caller never gets NaN pixels; when the flag is seen, the next
+chunk starts from a cleared window (``reset`` zeroes KV_pre, the knot and
+the sample, because a masked stale slot still gives 0 x NaN = NaN) with the
+same reference, and a ``StreamEvent("nonfinite_recovered")`` is queued for
+``pop_events()``.
 
 A plain reference path (``attention="plain"``) runs the same stream with no
 KV cache: every step recomputes a full-sequence forward over [reference,
@@ -97,6 +113,57 @@ class StreamStateError(EngineError):
 
 class UntrainedModelError(EngineError):
     """A randomly initialised model was handed to a stream meant for users."""
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """Something the caller should know (``KnotForcingStream.pop_events``)."""
+
+    kind: str  # "nonfinite_recovered"
+    chunk: int  # the stream's chunk index when it happened
+    message: str
+
+
+class NonFiniteWatch:
+    """A device-side "some output was not finite" flag, read without a host
+    sync per frame: on CUDA each ``record`` copies the cumulative flag to
+    pinned host memory with non_blocking=True and records an event; ``poll``
+    reads it only once that copy is done (so a fault is seen one or two
+    chunks late, never by blocking). On the CPU the flag is read directly."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        self._acc = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._host = torch.zeros((), dtype=torch.bool, pin_memory=self._cuda)
+        self._event = None
+
+    def record(self, x: torch.Tensor) -> None:
+        self._acc.logical_or_(~torch.isfinite(x).all())
+        if self._cuda:
+            self._host.copy_(self._acc, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def poll(self) -> bool:
+        """True when a recorded output was not finite (never blocks)."""
+        if not self._cuda:
+            return bool(self._acc)
+        if self._event is None or not self._event.query():
+            return False
+        self._event = None
+        return bool(self._host)
+
+    def clear(self) -> None:
+        self._acc.zero_()
+        self._host.zero_()
+        self._event = None
+
+
+def sanitize_(frames: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """frames[...] = fallback where frames is not finite; in place, on the device."""
+    safe = torch.nan_to_num(fallback, nan=0.0, posinf=0.0, neginf=0.0)  # the guide may be the culprit
+    return frames.copy_(torch.where(torch.isfinite(frames), frames, safe))
 
 
 @dataclass(frozen=True)
@@ -215,6 +282,8 @@ class KnotForcingStream:
         self._last_plan: ChunkPlan | None = None
         self._switch: dict | None = None  # pending portrait switch
         self._cache_spec_clean: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._watch = NonFiniteWatch(dev)
+        self._events: list[StreamEvent] = []
         #: Debug hook: set to a list to record every forward (tests only).
         self._trace: list | None = None
 
@@ -241,8 +310,23 @@ class KnotForcingStream:
     # ---- properties -----------------------------------------------------------
     @property
     def switch_token_budget(self) -> int:
-        """Token-layers of shadow prefill done per chunk during a switch."""
+        """Average token-layers of shadow prefill done per chunk during a
+        switch (the automatic schedule does whole layers, ``switch_layers``)."""
         return math.ceil(self.T * self.mcfg.depth / self.cfg.switch_chunks)
+
+    def switch_layers(self, j: int) -> int:
+        """Layers of the shadow prefill done after the j-th chunk of a switch
+        (j = 0 .. switch_chunks - 1): floor(depth * (j + 1) / switch_chunks),
+        an even split that reaches depth at the last chunk and not before, so
+        the new portrait is used exactly switch_chunks chunks later (the old
+        ceil-then-floor rounding took 5 chunks at depth 30)."""
+        sc = self.cfg.switch_chunks
+        return self.mcfg.depth * min(j + 1, sc) // sc
+
+    def pop_events(self) -> list[StreamEvent]:
+        """Events since the last call (e.g. a recovery from a non-finite output)."""
+        ev, self._events = self._events, []
+        return ev
 
     @property
     def latency_frames(self) -> int:
@@ -391,7 +475,8 @@ class KnotForcingStream:
         self._write_reference_input(self._switch_in, ref)
         if self.cache is not None:
             self.cache.ensure_shadow()
-        self._switch = {"layer": 0, "x": None, "tcond": None, "done": self.cache is None}
+        self._switch = {"layer": 0, "x": None, "tcond": None, "done": self.cache is None, "chunks": 0,
+                        "explicit": 0}
 
     def step_reference_switch(self, token_budget: int) -> bool:
         """Advance the shadow prefill by about ``token_budget`` token-layers
@@ -402,14 +487,26 @@ class KnotForcingStream:
             return True
         cache = self.cache
         assert cache is not None and cache.shadow_k is not None
-        depth = self.mcfg.depth
         n_layers = max(1, int(token_budget) // cache.ref_tokens)
+        before = sw["layer"]
+        done = self._run_switch_to(sw["layer"] + n_layers)
+        sw["explicit"] += sw["layer"] - before
+        return done
+
+    def _run_switch_to(self, layer_stop: int) -> bool:
+        sw = self._switch
+        assert sw is not None
+        cache = self.cache
+        assert cache is not None and cache.shadow_k is not None
+        depth = self.mcfg.depth
+        if layer_stop <= sw["layer"]:
+            return sw["done"]
         with torch.no_grad():
             if sw["x"] is None:
                 sw["x"] = self.model.embed(self._switch_in)  # (B, 1, T, D)
                 sw["tcond"] = self.model.time_condition(self._sig_zero[:, :1])[1]
             start = sw["layer"]
-            stop = min(depth, start + n_layers)
+            stop = min(depth, layer_stop)
             spec = self._ref_spec(cache.shadow_k, cache.shadow_v)  # type: ignore[arg-type]
             sw["x"] = self.model.run_blocks(sw["x"], sw["tcond"], spec, start, stop, kv_only=stop == depth)
             sw["layer"] = stop
@@ -431,16 +528,39 @@ class KnotForcingStream:
 
     # ---- streaming ------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget frames, knot and window (the reference stays)."""
+        """Forget frames, knot and window (the reference stays). The window
+        is zeroed, not only masked: a masked stale NaN still poisons
+        attention (0 x NaN = NaN)."""
         self._n_guides = 0
+        self._frames_emitted = 0
+        self._clear_history()
+
+    def _clear_history(self) -> None:
         self._has_knot = False
         self._chunk_index = 0
-        self._frames_emitted = 0
         self._last_plan = None
+        self._knot.zero_()
+        self._x.zero_()
+        self._committed.zero_()
+        self._watch.clear()
         if self.cache is not None:
-            self.cache.reset()
+            self.cache.reset(clear=True)
         else:
             self._hist_written = 0
+            self._hist.zero_()
+
+    def _recover(self) -> None:
+        """A non-finite prediction was seen: clear the window and the knot,
+        rebuild KV_ref from the kept reference input and go on (the
+        buffered guides stay)."""
+        chunk = self._chunk_index
+        self._clear_history()
+        if self.cache is not None:
+            with torch.no_grad():
+                self._prefill_reference(self.cache.k, self.cache.v, self._ref_in)
+        self._events.append(StreamEvent(
+            "nonfinite_recovered", chunk,
+            "the generator produced a non-finite value; the stream was reset (reference kept) and goes on"))
 
     def _needed_guides(self) -> int:
         return self.F if self.cfg.knot_guide == "wait" else self.c
@@ -548,6 +668,8 @@ class KnotForcingStream:
             torch.randn(self._x.shape[1:], generator=g, device=self.device, dtype=torch.float32, out=self._x[b])
 
     def _generate_chunk(self) -> torch.Tensor:
+        if self._watch.poll():
+            self._recover()
         self._maybe_swap_reference()
         plan = self.plan()
         self._last_plan = plan
@@ -567,6 +689,8 @@ class KnotForcingStream:
                 torch.add(self._knot, pred[:, :k], out=self._committed[:, :k]).mul_(0.5)
             if k:
                 self._knot.copy_(pred[:, c:])
+            self._watch.record(pred)
+            sanitize_(self._committed, self._guides[:, :c])  # never hand out NaN pixels
             self._write_history(plan)
         self._has_knot = k > 0
         self._last_guide.copy_(self._guides[:, c - 1])
@@ -577,8 +701,12 @@ class KnotForcingStream:
             self._n_guides = 0
         self._chunk_index += 1
         self._frames_emitted += c
-        if self._switch is not None and not self._switch["done"]:
-            self.step_reference_switch(self.switch_token_budget)
+        sw = self._switch
+        if sw is not None and not sw["done"]:
+            # the even schedule, shifted by what explicit steps did (they only
+            # ever make the swap earlier)
+            self._run_switch_to(self.switch_layers(sw["chunks"]) + sw["explicit"])
+            sw["chunks"] += 1
         return self._committed
 
     def _denoise_cached(self, plan: ChunkPlan) -> None:
@@ -693,6 +821,8 @@ def describe_latency(cfg: StreamConfig, fps: float, chunk_ms: float | None = Non
 __all__ = [
     "ChunkPlan",
     "KnotForcingStream",
+    "NonFiniteWatch",
+    "StreamEvent",
     "StreamInputError",
     "StreamStateError",
     "UntrainedModelError",
