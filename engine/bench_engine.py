@@ -208,7 +208,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench_engine", description="Knot Forcing engine benchmark (cached vs plain path).")
-    p.add_argument("--presets", nargs="+", default=None, help="default: 'default' on CPU, 'default paper' on CUDA")
+    p.add_argument("--presets", nargs="+", default=None,
+                   help="default: 'laptop default' on CPU, 'laptop default paper' on CUDA")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--chunks", type=int, default=None, help="timed chunks per path (default 3 on CPU, 10 on CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed chunks first (default: fill the window + 1)")
@@ -219,9 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a.threads:
         torch.set_num_threads(a.threads)
-    presets = a.presets or (["default", "paper"] if device.startswith("cuda") else ["default"])
+    # laptop = the shipped CPU model; default = the larger 256 px preset (GPU)
+    presets = a.presets or (["laptop", "default", "paper"] if device.startswith("cuda") else ["laptop", "default"])
     chunks = a.chunks or (10 if device.startswith("cuda") else 3)
-    dtype = getattr(torch, a.dtype) if a.dtype else None
+    from engine.hardware import inference_dtype
+
+    # the dtype the app runs the model in on this device (bf16 on CUDA and on CPUs with native bf16)
+    name = a.dtype or inference_dtype(device)
+    dtype = getattr(torch, name) if name else None
     rows = run_engine_bench(presets, device, chunks, dtype, warmup=a.warmup)
     if a.json:
         print(json.dumps(rows, indent=2))

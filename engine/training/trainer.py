@@ -368,11 +368,16 @@ class Trainer:
         self.builder = BatchBuilder(self.clips, self.scfg, tc, self.device, tc.seed)
         self.eval_builder = BatchBuilder(self.clips, self.scfg, tc, self.device, 777)
         self.model: KnotForcingDiT = build_model(self.mcfg, seed=tc.seed, device=self.device)
+        # lineage: a run started from committed weights (--init) continues
+        # their step and sample counts in the training record
+        self.base_steps, self.base_samples = 0, 0
         if tc.init:
-            m, _ = load_model(tc.init, device=self.device)
+            m, init_info = load_model(tc.init, device=self.device)
             if m.cfg != self.mcfg:
                 raise ValueError(f"--init {tc.init}: its ModelConfig differs from preset {tc.preset!r}")
-            self.model.load_state_dict(m.state_dict())
+            self.model.load_state_dict({n: v.float() for n, v in m.state_dict().items()})
+            self.base_steps = int(init_info.training.get("steps") or 0)
+            self.base_samples = int(init_info.training.get("samples_seen") or 0)
         self.model.train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                      betas=(0.9, 0.99))
@@ -384,6 +389,8 @@ class Trainer:
         if tc.resume and (self.out / "state" / "state.json").is_file():
             meta = _load_state(self.out / "state", self.model, self.opt, self.ema)
             self.step = int(meta["step"])
+            self.base_steps = int(meta.get("base_steps", self.base_steps))
+            self.base_samples = int(meta.get("base_samples", self.base_samples))
             self.history = meta.get("history", [])
             self.eval_history = meta.get("eval_history", [])
             self.log(f"resumed from {self.out / 'state'} at step {self.step}")
@@ -513,7 +520,9 @@ class Trainer:
             model.load_state_dict({n: self.ema[n].cpu() for n in self.ema}, strict=False)
         recent = [h["loss"] for h in self.history[-50:]]
         info = {
-            "steps": self.step,
+            "steps": self.base_steps + self.step,
+            "steps_this_run": self.step,
+            "samples_seen": self.base_samples + self.step * tc.batch,
             "stage": tc.stage,
             "preset": tc.preset,
             "stream_config": self.scfg.to_dict(),
@@ -533,7 +542,8 @@ class Trainer:
         self.export_model(self.out / "model")
         _save_state(self.out / "state", self.model, self.opt, self.ema,
                     {"step": self.step, "history": self.history[-2000:], "eval_history": self.eval_history,
-                     "train_config": self.tc.to_dict(), "data": self.data_hashes})
+                     "train_config": self.tc.to_dict(), "data": self.data_hashes,
+                     "base_steps": self.base_steps, "base_samples": self.base_samples})
         self.log(f"checkpoint at step {self.step} -> {self.out / 'model'} ({time.monotonic() - t0:.1f} s)")
 
     # ---- loop -----------------------------------------------------------------------------

@@ -99,3 +99,23 @@ def test_train_lowers_loss_checkpoint_and_resume(dataset, tmp_path):
     assert res2["step"] == 70 and len(res2["losses"]) == 10
     assert all(np.isfinite(res2["losses"]))
     assert load_model(tmp_path / "model")[1].training["steps"] == 70
+
+
+def test_init_from_committed_weights_continues_the_record_with_a_residual_model(dataset, tmp_path):
+    # the laptop recipe's shape in miniature: guide-residual prediction, CPU
+    # bf16 autocast where the CPU has it, a second piece started from the
+    # first piece's exported weights (what scripts/train_laptop.sh does with
+    # resources/models/default)
+    over = {"predict": "guide_residual"}
+    a = Trainer(_tc(dataset, tmp_path / "a", steps=6, ckpt_every=0, model_overrides=over), log=lambda m: None)
+    assert a.mcfg.predict == "guide_residual"
+    a.run()
+    first = json.loads((tmp_path / "a" / "model" / "config.json").read_text())["training"]
+    assert first["steps"] == 6 and first["samples_seen"] == 24
+    b = Trainer(_tc(dataset, tmp_path / "b", steps=4, ckpt_every=0, model_overrides=over,
+                    init=str(tmp_path / "a" / "model")), log=lambda m: None)
+    for (n, p), q in zip(b.model.state_dict().items(), a.model.state_dict().values()):
+        torch.testing.assert_close(p, q.float(), msg=n)
+    b.run()
+    second = json.loads((tmp_path / "b" / "model" / "config.json").read_text())["training"]
+    assert second["steps"] == 10 and second["steps_this_run"] == 4 and second["samples_seen"] == 40

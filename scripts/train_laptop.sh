@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Continue training the shipped laptop model on this machine's CPU (issue 12).
+#
+#   bash scripts/train_laptop.sh [MINUTES]        # default 100 minutes, then a checkpoint
+#
+# - builds the 128 px dataset once (mediapipe; ~1 min) if it is missing;
+# - resumes out/laptop_run/state (optimizer kept) when it exists, otherwise
+#   starts from the committed weights in resources/models/default (--init:
+#   fresh optimizer, the step/sample counts continue in the training record);
+# - runs niced in the foreground with progress lines; checkpoints every ~10 min
+#   into out/laptop_run/model (EMA weights, bf16, sha256 in config.json).
+# Ship a better checkpoint with: bash scripts/ship_model.sh (evaluates, then copies).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIN=${1:-100}
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-out/kf128}
+RUN=${RUN:-out/laptop_run}
+if [ ! -f "$DATA/manifest.json" ]; then
+  "$PY" -m kf_desktop.dataset_build --out "$DATA" --size 128
+fi
+# The recipe of the shipped run (see the README's "Training" section).
+ARGS=(--data "$DATA" --out "$RUN" --preset laptop --steps ${STEPS:-1000000} --batch 8 --lr ${LR:-4e-4}
+      --warmup 100 --ema 0.999 --ckpt-every 300 --eval-every 300 --eval-batches 2 --log-every 20
+      --save-dtype bfloat16 --max-minutes "$MIN" --set ctx_sigma_max=0.7 --set region_extra=3)
+if [ -f "$RUN/state/state.json" ]; then
+  ARGS+=(--resume)
+elif [ -f resources/models/default/config.json ]; then
+  ARGS+=(--init resources/models/default --warmup 20)
+fi
+exec nice -n 10 "$PY" -m engine.training "${ARGS[@]}"
