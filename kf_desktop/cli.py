@@ -13,39 +13,22 @@ import sys
 from pathlib import Path
 
 from kf_desktop import __version__
+from kf_desktop.cli_args import (bench_seconds_value, camera_index, device_spec, fps_value,
+                                 parse_size, positive_float, seconds_value)
 from kf_desktop.errors import UserError
+
+__all__ = ["main", "build_parser", "parse_size", "positive_float", "generator_options"]
 
 REPO_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEFAULT_PORTRAIT = REPO_RESOURCES / "portraits" / "astronaut.png"
 DEMO_DRIVER = "cap13_edit2.mp4"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1280x720, got {text!r}") from None
-    if not (16 <= w <= 7680 and 16 <= h <= 4320) or w % 2 or h % 2:
-        raise argparse.ArgumentTypeError(
-            f"size {w}x{h} is out of range: use even sizes from 16x16 to 7680x4320")
-    return w, h
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["auto", "guide", "generator"], default="auto",
                    help="auto (default): the Knot Forcing model on a GPU with trained weights, "
                         "else guide-only; guide: motion-guide warp only; generator: the model")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--device", type=device_spec, default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--weights", help="Knot Forcing weights folder (default: the shipped model)")
     p.add_argument("--allow-untrained", action="store_true",
                    help="without trained weights, run a randomly initialised model "
@@ -146,23 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--driver", help="driving video (a talking-head clip)")
     r.add_argument("--audio", help="speech WAV: drives the mouth (with idle head motion "
                    "when there is no --driver) and becomes the video's sound track")
-    r.add_argument("--seconds", type=positive_float, help="render at most this long")
+    r.add_argument("--seconds", type=seconds_value, help="render at most this long")
     r.add_argument("--out", default="kf-render.mp4", help="output mp4 path")
     r.add_argument("--size", type=parse_size, default=(1280, 720), help="output WxH")
-    r.add_argument("--fps", type=positive_float, help="output fps (default: the driver's)")
+    r.add_argument("--fps", type=fps_value, help="output fps, 1-120 (default: the driver's)")
     _add_model_args(r)
     r.set_defaults(func=_cmd_render)
 
     dm = sub.add_parser("demo", help="render the built-in demo (default portrait + fetched clip)")
-    dm.add_argument("--seconds", type=positive_float, default=10.0)
+    dm.add_argument("--seconds", type=seconds_value, default=10.0)
     dm.add_argument("--out", default="kf-demo.mp4")
     dm.add_argument("--size", type=parse_size, default=(1280, 720))
-    dm.add_argument("--fps", type=positive_float)
+    dm.add_argument("--fps", type=fps_value)
     _add_model_args(dm)
     dm.set_defaults(func=_cmd_demo)
 
     rn = sub.add_parser("run", help="headless live streaming to the virtual camera")
-    rn.add_argument("--camera", type=int, default=0, help="camera index")
+    rn.add_argument("--camera", type=camera_index, default=0, help="camera index")
     rn.add_argument("--video", help="drive from a video file instead of a camera (loops)")
     rn.add_argument("--no-camera", action="store_true",
                     help="no webcam: idle head motion (+ the mouth from --mic/--audio)")
@@ -174,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="publish to the virtual camera")
     rn.add_argument("--record", help="also record the output to this mp4")
     rn.add_argument("--size", type=parse_size, default=(1280, 720))
-    rn.add_argument("--fps", type=positive_float, default=30.0)
-    rn.add_argument("--seconds", type=positive_float, help="stop after this long")
+    rn.add_argument("--fps", type=fps_value, default=30.0, help="output fps, 1-120")
+    rn.add_argument("--seconds", type=seconds_value, help="stop after this long")
     _add_model_args(rn)
     rn.set_defaults(func=_cmd_run)
 
@@ -184,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="print the per-stage speed table")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    b.add_argument("--seconds", type=positive_float, default=8.0, help="live-session duration")
+    b.add_argument("--seconds", type=bench_seconds_value, default=8.0, help="live-session duration")
     b.add_argument("--size", type=parse_size, default=(1280, 720))
-    b.add_argument("--fps", type=positive_float, default=30.0)
+    b.add_argument("--fps", type=fps_value, default=30.0)
     b.add_argument("--engine", action="store_true", help="benchmark the Knot Forcing engine")
     _add_model_args(b)
     b.set_defaults(func=_cmd_bench)
