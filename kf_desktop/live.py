@@ -14,17 +14,38 @@ from kf_desktop.errors import UserError
 from kf_desktop.generators import make_generator
 from kf_desktop.idle_motion import IdleMotion
 from kf_desktop.session import Session, SessionConfig, SessionEvent
+from kf_desktop.signals import handle_termination
 from kf_desktop.sinks import NullSink, RecorderSink, VirtualCameraSink
 from kf_desktop.sources import CameraSource, VideoFileSource
 
 
-def status_line(snap: dict) -> str:
+def status_line(snap: dict, notes: tuple[str, ...] = ()) -> str:
     fps = snap["fps"].get("output", 0.0)
     lat = snap["ms"].get("latency", {})
     stages = " ".join(f"{k}={v['p50']:.1f}" for k, v in snap["ms"].items()
                       if k != "latency" and v)
-    return (f"out {fps:5.1f} fps | latency p50 {lat.get('p50', 0):5.1f} ms "
+    line = (f"out {fps:5.1f} fps | latency p50 {lat.get('p50', 0):5.1f} ms "
             f"p95 {lat.get('p95', 0):5.1f} ms | ms: {stages}")
+    return " | ".join((line, *notes))
+
+
+class FaceWatch:
+    """'NO FACE' for the status line while most driver frames of the last
+    interval had no face (the avatar then runs on idle motion)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int] | None = None
+
+    def note(self, snap: dict, now: float) -> str | None:
+        missing = int(snap.get("counters", {}).get("no_face", 0))
+        last, self._last = self._last, (now, missing)
+        rate = snap.get("fps", {}).get("capture") or 0.0
+        if last is None or not snap.get("source_ok") or rate <= 0:
+            return None
+        expected = rate * max(now - last[0], 1e-3)
+        if missing - last[1] >= 0.5 * expected:
+            return "NO FACE in the driver: idle motion"
+        return None
 
 
 def run_live(args: argparse.Namespace) -> int:
@@ -56,7 +77,8 @@ def run_live(args: argparse.Namespace) -> int:
     if args.vcam:
         sinks.append(VirtualCameraSink(w, h, args.fps))
     if args.record:
-        sinks.append(RecorderSink(Path(args.record), w, h, args.fps))
+        # realtime: placed by capture time, so the file plays at wall-clock speed
+        sinks.append(RecorderSink(Path(args.record), w, h, args.fps, realtime=True))
     if not sinks:
         sinks.append(NullSink())
 
@@ -69,7 +91,10 @@ def run_live(args: argparse.Namespace) -> int:
     from kf_desktop.cli import generator_options
 
     options = generator_options(args)
+    refused: list[str] = []  # --mode generator that fell back to guide-only
+
     def fallback(message: str, hint: str) -> None:
+        refused.append(message)
         print(f"[warning] {message} (fix: {hint})", file=sys.stderr, flush=True)
 
     generator_factory = (lambda: make_generator(args.mode, device, **options,
@@ -80,7 +105,30 @@ def run_live(args: argparse.Namespace) -> int:
                            idle_motion=IdleMotion(seed=0))
     session = Session(config, sinks, on_event=on_event)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C while stopping: give up at once
+        stop.set()
+
+    # Ctrl-C, `kill` (SIGTERM) and a closed terminal (SIGHUP) all stop the
+    # stream the same way, so a --record file is finished, not left hidden.
+    with handle_termination(on_signal, include_sigint=True):
+        _stream(session, args, stop, w, h, refused)
+    errors = [e for e in session.events() if e.level == "error"]
+    if errors:
+        raise UserError(errors[-1].message, errors[-1].hint)
+    if refused:
+        from kf_desktop.model_choice import NOT_AS_ASKED
+
+        print("error: --mode generator was asked for, but the Knot Forcing model was refused: "
+              "the stream was guide-only", file=sys.stderr)
+        return NOT_AS_ASKED
+    return 0
+
+
+def _stream(session: Session, args: argparse.Namespace, stop: threading.Event,
+            w: int, h: int, refused: list[str]) -> None:
     try:
         print("loading portrait and opening devices...", file=sys.stderr, flush=True)
         session.start()
@@ -88,12 +136,11 @@ def run_live(args: argparse.Namespace) -> int:
             print(f"virtual camera is live ({w}x{h} @ {args.fps:g} fps); "
                   "select it in Zoom/Teams/Meet/OBS. Ctrl-C stops.", file=sys.stderr)
         t_end = time.monotonic() + args.seconds if args.seconds else float("inf")
+        faces = FaceWatch()
         while not stop.wait(1.0) and time.monotonic() < t_end:
-            print(status_line(session.snapshot()), file=sys.stderr, flush=True)
+            snap = session.snapshot()
+            notes = tuple(n for n in (faces.note(snap, time.monotonic()),
+                                      "GUIDE-ONLY (model refused)" if refused else None) if n)
+            print(status_line(snap, notes), file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
         session.stop()
-    errors = [e for e in session.events() if e.level == "error"]
-    if errors:
-        raise UserError(errors[-1].message, errors[-1].hint)
-    return 0

@@ -22,7 +22,8 @@ from kf_desktop.generators import make_generator
 from kf_desktop.pipeline import AvatarRenderer, DrivingSignal
 from kf_desktop.portrait import load_portrait
 from kf_desktop.progress import ProgressBar
-from kf_desktop.sinks import RecorderSink
+from kf_desktop.signals import handle_termination
+from kf_desktop.sinks import RecorderSink, temp_name, verify_mp4
 from kf_desktop.sources import VideoFileSource
 
 
@@ -61,6 +62,13 @@ def _warn(message: str, hint: str = "") -> None:
 
 
 def render(req: RenderRequest, progress: bool = True) -> RenderResult:
+    """Render to ``req.out``. SIGTERM and SIGHUP end it like Ctrl-C
+    (KeyboardInterrupt): the temporary file is removed, nothing is left."""
+    with handle_termination():
+        return _render(req, progress)
+
+
+def _render(req: RenderRequest, progress: bool) -> RenderResult:
     if req.driver is None and req.audio is None:
         raise UserError("nothing drives the portrait",
                         "pass --driver VIDEO, --audio SPEECH.wav, or both")
@@ -87,26 +95,47 @@ def render(req: RenderRequest, progress: bool = True) -> RenderResult:
         if source is not None:
             source.close()
     if track is not None:
-        mux_audio(result.path, track.path, result.seconds)
+        mux_audio(result.path, track.path, result.seconds, video_frames=result.frames)
     return result
 
 
-def mux_audio(video: Path, wav: Path, seconds: float) -> None:
-    """Put the speech into the rendered mp4 (AAC), when ffmpeg is available."""
+def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None = None) -> None:
+    """Put the speech into the rendered mp4 (AAC), when ffmpeg is available.
+
+    The result is verified before it replaces the silent video (ffmpeg exits
+    0 even when it could not write the end of the file, e.g. on a full disk);
+    on failure the silent video stays as it was and a UserError says so."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         print("note: ffmpeg not found, the video has no sound track", file=sys.stderr)
         return
-    tmp = video.with_name(f".{video.stem}.mux.mp4")
-    cmd = [ffmpeg, "-v", "error", "-y", "-i", str(video), "-i", str(wav), "-map", "0:v",
-           "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k", "-t", f"{seconds:.3f}",
-           "-movflags", "+faststart", str(tmp)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
+    tmp = temp_name(video, "mux")
+    # Fragmented like the recording: no second pass over the file (+faststart
+    # needs room for a second copy of the index) and playable up to the end.
+    cmd = [ffmpeg, "-v", "error", "-nostdin", "-y", "-i", str(video), "-i", str(wav),
+           "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k",
+           "-t", f"{seconds:.3f}", "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
+           "-f", "mp4", str(tmp)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        problem = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else (
+            f"ffmpeg exited with code {res.returncode}" if res.returncode else None)
+        if problem is None:
+            problem = verify_mp4(tmp, video_frames=video_frames, need_audio=True)
+        if problem:
+            full = "No space left" in (res.stderr + problem)
+            try:
+                full = full or shutil.disk_usage(video.parent).free < 1 << 20
+            except OSError:
+                pass
+            what = "disk full (no space left on device)" if full else problem[-300:]
+            raise UserError(f"could not add the sound track: {what}; the silent video was "
+                            f"kept at {video}",
+                            "free some disk space and render again" if full else
+                            "check that ffmpeg works (`ffmpeg -version`) and render again")
+        os.replace(tmp, video)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not add the sound track: {res.stderr.strip()[-300:]}",
-                        "check free disk space; the silent video was kept at " + str(video))
-    os.replace(tmp, video)
 
 
 class _DriverFaces:
@@ -185,6 +214,12 @@ def _render_frames(req, source, track, portrait, generator, recorder, fps, devic
     if written == 0:
         raise UserError(f"no frames rendered from {req.driver}",
                         "check that the driver video plays and is long enough")
+    if source is not None and source.damage is not None:
+        reached, claim = source.damage
+        _warn(f"the driver video {req.driver} is damaged: decoding stopped after {reached} of "
+              f"{claim} frames ({reached / source.fps:.1f} s of {claim / source.fps:.1f} s), so "
+              f"the render is {written / fps:.1f} s instead of "
+              f"{(total or 0) / fps:.1f} s", "re-download or re-export the driver video")
     if faces_missing > 0.5 * max(j, 1):
         print(f"warning: no face found in {faces_missing} of {j} driver frames; "
               "the portrait stayed neutral there", file=sys.stderr)

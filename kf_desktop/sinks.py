@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import platform
+import re
 import secrets
 import shutil
 import subprocess
@@ -314,38 +315,243 @@ def _even(n: int) -> bool:
     return n % 2 == 0
 
 
-class RecorderSink:
-    """Writes every submitted frame, in order, to an mp4 (offline render: no
-    pacing, nothing dropped; ``submit`` blocks while the encoder is busy).
+#: Hidden temporary files of RecorderSink / render's sound-track mux:
+#: ``.<stem>.<pid>-<8 hex>.tmp.mp4`` and ``.<stem>.<pid>-<8 hex>.mux.mp4``.
+_TEMP_RE = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.(?:tmp|mux)\.mp4$")
+#: A temp file younger than this is never removed (it may belong to a live
+#: process in another PID namespace sharing the folder).
+STALE_TEMP_MIN_AGE_S = 60.0
 
-    Encoder: ffmpeg (libx264, yuv420p, preset veryfast, crf 20, +faststart)
-    when ``ffmpeg`` is on PATH, else OpenCV's mp4v writer; ``encoder`` forces
-    "ffmpeg" or "opencv". Frames go to a hidden temporary file in the output
-    folder that is renamed to ``path`` by ``stop()``, so an interrupted run
-    never leaves a half-written file under the final name. If the encoder
-    fails (disk full, broken pipe) a UserError is raised and what was written
-    is kept as ``<stem>.partial.mp4``. ``stop()`` with no frames written
-    creates no file.
+
+def temp_name(path: Path, kind: str = "tmp") -> Path:
+    """A fresh hidden temporary name next to ``path`` that names this process."""
+    return path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.{kind}.mp4")
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap, safe check (os.kill(pid, 0) terminates on Windows)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def clean_stale_temp_files(folder: Path, *, min_age_s: float = STALE_TEMP_MIN_AGE_S,
+                           now: float | None = None) -> list[Path]:
+    """Deal with the hidden temporary videos that processes which died
+    (killed, power cut) left in ``folder``; returns the stale files handled.
+    A file is stale when the process it names is gone and it has not been
+    touched for ``min_age_s`` (off POSIX, where a pid cannot be checked: a
+    day). A recording (``.tmp.mp4``) whose complete fragments play is kept as
+    ``<stem>.partial.mp4`` when that name is free; everything else is removed."""
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(m.group(1))
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if pid == os.getpid() or age < min_age_s:
+            continue
+        if _pid_alive(pid) and not (os.name != "posix" and age > 86400):
+            continue
+        path = Path(entry.path)
+        stem = entry.name[1:m.start(1) - 1]
+        keep = folder / f"{stem}.partial.mp4"
+        try:
+            if entry.name.endswith(".tmp.mp4") and not keep.exists() \
+                    and salvage_fragmented_mp4(path) > 0:
+                os.replace(path, keep)
+                log.warning("kept the recording of a process that died (pid %d) as %s", pid, keep)
+            else:
+                os.unlink(path)
+                log.info("removed %s, left behind by a process that died (pid %d)", path, pid)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _ffprobe_packets(path: Path) -> tuple[dict[str, int], str] | None:
+    """Demux ``path`` with ffprobe: (packets per stream type, error text), or
+    None when ffprobe is not installed. A file whose moov/trailer was never
+    written, or whose last fragment is cut off, gives an error text."""
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    try:
+        res = subprocess.run([ffprobe, "-v", "error", "-count_packets", "-show_entries",
+                              "stream=codec_type,nb_read_packets", "-of", "csv=p=0", str(path)],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {}, f"ffprobe failed: {e}"
+    counts: dict[str, int] = {}
+    for line in res.stdout.splitlines():
+        kind, _, n = line.strip().partition(",")
+        if n.strip().isdigit():
+            counts[kind] = counts.get(kind, 0) + int(n)
+    err = res.stderr.strip()
+    if res.returncode != 0 and not err:
+        err = f"ffprobe exited with code {res.returncode}"
+    return counts, err
+
+
+def _isobmff_complete_end(path: Path) -> int:
+    """Byte offset where the last complete top-level ISO-BMFF box ends; in a
+    fragmented mp4, where the last whole fragment (moof + its mdat) ends."""
+    size = path.stat().st_size
+    off = 0
+    last_moof = None  # offset of a moof whose mdat has not been seen yet
+    with open(path, "rb") as f:
+        while off + 8 <= size:
+            f.seek(off)
+            hdr = f.read(16)
+            box = int.from_bytes(hdr[:4], "big")
+            kind = hdr[4:8]
+            if box == 1 and len(hdr) >= 16:
+                box = int.from_bytes(hdr[8:16], "big")
+            if box < 8 or off + box > size:
+                break
+            if kind == b"moof":
+                last_moof = off
+            elif kind == b"mdat":
+                last_moof = None
+            off += box
+    return last_moof if last_moof is not None else off
+
+
+def verify_mp4(path: Path, *, video_frames: int | None = None,
+               need_audio: bool = False) -> str | None:
+    """None if ``path`` is a complete, playable mp4 (with ``video_frames``
+    video packets and an audio stream when asked), else what is wrong.
+
+    ffmpeg exits 0 even when writing the trailer failed ("No space left on
+    device"), so its exit code alone proves nothing. Without ffprobe, OpenCV
+    opens the file and reads its frame count."""
+    if not path.exists() or path.stat().st_size == 0:
+        return "the file is empty"
+    probed = _ffprobe_packets(path)
+    if probed is None:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            if not cap.isOpened() or not cap.read()[0]:
+                return "the file does not open as a video"
+        finally:
+            cap.release()
+        return None
+    counts, err = probed
+    if err:
+        return err.splitlines()[-1][-300:]
+    if video_frames is not None and counts.get("video", 0) != video_frames:
+        return f"it holds {counts.get('video', 0)} of {video_frames} frames"
+    if need_audio and not counts.get("audio"):
+        return "it has no sound track"
+    return None
+
+
+def salvage_fragmented_mp4(path: Path) -> int:
+    """Cut a fragmented mp4 back to its last complete fragment so that what
+    is kept plays cleanly; returns its frame count (0: nothing playable, or
+    unknown without ffprobe and OpenCV cannot read it)."""
+    try:
+        end = _isobmff_complete_end(path)
+        if end < path.stat().st_size:
+            os.truncate(path, end)
+    except OSError:
+        return 0
+    probed = _ffprobe_packets(path)
+    if probed is None:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            return 1 if cap.isOpened() and cap.read()[0] else 0
+        finally:
+            cap.release()
+    counts, _ = probed
+    return counts.get("video", 0)
+
+
+def _disk_full(text: str, exc: BaseException | None, folder: Path) -> bool:
+    if "No space left" in text or "Disk quota exceeded" in text:
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+class RecorderSink:
+    """Writes submitted frames, in order, to an mp4.
+
+    Offline (``realtime=False``, `kf-desktop render`): every frame is written,
+    nothing dropped or paced; ``submit`` blocks while the encoder is busy.
+    Live (``realtime=True``, `run --record`): frames are placed on the output
+    clock by their capture timestamp, so the file plays in real time whatever
+    rate they arrive at: a slot with no new frame repeats the previous one
+    (``frames_repeated``), a second frame for an already written slot is
+    dropped (``frames_dropped``).
+
+    Encoder: ffmpeg (libx264, yuv420p, preset veryfast, crf 20, a keyframe
+    every 2 s) writing a *fragmented* mp4 (moov first, one fragment per
+    keyframe), so whatever reached the disk before a crash, a kill or a full
+    disk plays; else OpenCV's mp4v writer; ``encoder`` forces "ffmpeg" or
+    "opencv". Frames go to a hidden temporary file in the output folder
+    (``.<stem>.<pid>-<hex>.tmp.mp4``) that ``stop()`` verifies (ffprobe: the
+    container demuxes without error and holds every frame) and only then
+    renames to ``path``, so an interrupted run never leaves a half-written
+    file under the final name. If the encoder or the verification fails (disk
+    full, broken pipe) a UserError is raised; the complete fragments are kept
+    as ``<stem>.partial.mp4`` (and the message says how many frames it
+    holds) or, if nothing is playable, removed. ``stop()`` with no frames
+    written creates no file. ``start()`` removes temporary files that dead
+    processes left in the folder.
+
+    A recorder can be started again after ``stop()`` (a stream restarted in
+    the same session): each later take goes to ``<stem>-2.mp4``,
+    ``<stem>-3.mp4``, ... so no take overwrites the previous one
+    (``takes`` lists the finished files).
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
-                 *, encoder: str | None = None, crf: int = 20, preset: str = "veryfast") -> None:
-        self.path = Path(path)
+                 *, encoder: str | None = None, crf: int = 20, preset: str = "veryfast",
+                 realtime: bool = False) -> None:
+        self.requested_path = Path(path)
+        self.path = self.requested_path
         self.width, self.height, self.fps = int(width), int(height), float(fps)
-        if self.width <= 0 or self.height <= 0 or self.fps <= 0:
+        if self.width <= 0 or self.height <= 0 or not (0 < self.fps < 1e4):
             raise ValueError(f"bad recording format {width}x{height}@{fps}")
         if encoder not in (None, "ffmpeg", "opencv"):
             raise ValueError(f"encoder must be None, 'ffmpeg' or 'opencv', got {encoder!r}")
         self.encoder_request = encoder
         self.crf, self.preset = crf, preset
+        self.realtime = realtime
         self.encoder: str | None = None
         self.tmp_path: Path | None = None
+        self.takes: list[Path] = []
         self._proc: subprocess.Popen | None = None
         self._stderr: Any = None
         self._writer: cv2.VideoWriter | None = None
         self._frames_written = 0
+        self._frames_repeated = 0
+        self._frames_dropped = 0
+        self._t0: float | None = None  # realtime: capture time of slot 0
+        self._last_frame: np.ndarray | None = None
         self._error: UserError | None = None
         self._done = False
+        self._take = 0
 
     @property
     def partial_path(self) -> Path:
@@ -355,15 +561,37 @@ class RecorderSink:
         return UserError(f"cannot write {self.path}: {reason}; choose another --out",
                          "pass --out with a file in an existing folder you can write to")
 
+    def _next_take_path(self) -> Path:
+        if self._take == 0:
+            return self.requested_path
+        rp = self.requested_path
+        n = self._take + 1
+        while True:
+            cand = rp.with_name(f"{rp.stem}-{n}{rp.suffix}")
+            if not cand.exists() and not cand.with_name(cand.stem + ".partial.mp4").exists():
+                return cand
+            n += 1
+
     def start(self) -> None:
-        if self.tmp_path is not None or self._done:
-            return
+        if self.tmp_path is not None and not self._done:
+            return  # already recording
+        if self._done:  # a restart after stop(): a new take under a new name
+            self._take += 1
+            self.tmp_path = None
+            self._done = False
+            self._error = None
+            self._frames_written = self._frames_repeated = self._frames_dropped = 0
+            self._t0 = None
+            self._last_frame = None
+            self.encoder = None
+        self.path = self._next_take_path()
         if self.path.is_dir():
             raise self._unwritable("it is a folder")
         folder = self.path.parent
+        clean_stale_temp_files(folder)
         # Not mkstemp: its 0600 mode would stick to the final video. O_EXCL with
         # 0666 gives a fresh file with the user's usual (umask) permissions.
-        tmp = folder / f".{self.path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp.mp4"
+        tmp = temp_name(self.path)
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except OSError as e:
@@ -373,6 +601,7 @@ class RecorderSink:
         use_ffmpeg = self.encoder_request == "ffmpeg" or (self.encoder_request is None and ffmpeg)
         if use_ffmpeg and not ffmpeg:
             self._discard_tmp()
+            self.tmp_path = None
             raise UserError("ffmpeg was requested for recording but is not on PATH",
                             "install ffmpeg (e.g. sudo apt install ffmpeg) or use the OpenCV encoder")
         try:
@@ -382,6 +611,7 @@ class RecorderSink:
                 self._start_opencv()
         except BaseException:
             self._discard_tmp()
+            self.tmp_path = None
             raise
 
     def _start_ffmpeg(self, ffmpeg: str) -> None:
@@ -391,16 +621,26 @@ class RecorderSink:
                "-framerate", rate, "-i", "pipe:0", "-an"]
         if not (_even(self.width) and _even(self.height)):
             cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]  # yuv420p needs even sides
+        # A keyframe (and so a fragment) every 2 s: a crash or a full disk
+        # loses at most the last 2 s; the cost is a few % of file size.
+        gop = max(1, round(2 * self.fps))
         cmd += ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-                "-pix_fmt", "yuv420p", "-r", rate, "-movflags", "+faststart",
+                "-g", str(gop), "-pix_fmt", "yuv420p", "-r", rate,
+                "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
                 "-f", "mp4", str(self.tmp_path)]
         # stderr to a file: a pipe nobody drains could fill up and stall ffmpeg.
         self._stderr = tempfile.TemporaryFile()
         try:
+            # Its own process group: Ctrl-C or a closed terminal signal the
+            # whole foreground group, and ffmpeg would end the file on its own
+            # while frames are still coming; we finish it in stop() instead.
+            group = ({"start_new_session": True} if os.name == "posix" else
+                     {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)})
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=self._stderr)
+                                          stderr=self._stderr, **group)
         except OSError as e:
             self._stderr.close()
+            self._stderr = None
             raise UserError(f"cannot run ffmpeg for recording: {e}", "reinstall ffmpeg") from e
         self.encoder = "ffmpeg"
 
@@ -412,6 +652,10 @@ class RecorderSink:
         self._writer = writer
         self.encoder = "opencv"
 
+    #: Realtime: a gap longer than this (suspend, clock jump) is not filled
+    #: with repeats; the clock restarts at the next frame instead.
+    MAX_FILL_S = 300.0
+
     def submit(self, image: np.ndarray, capture_ts: float = 0.0) -> None:
         if self._error is not None:
             raise self._error
@@ -419,6 +663,28 @@ class RecorderSink:
             raise RuntimeError("RecorderSink.submit() outside start()/stop()")
         check_image(image)
         frame = np.ascontiguousarray(fit_frame(image, self.width, self.height))
+        if not self.realtime:
+            self._write(frame)
+            return
+        ts = float(capture_ts)
+        if self._t0 is None:
+            self._t0 = ts
+        slot = int(np.floor((ts - self._t0) * self.fps + 1e-6))
+        if slot < self._frames_written:  # this slot is written already
+            self._frames_dropped += 1
+            return
+        gap = slot - self._frames_written
+        if gap > self.MAX_FILL_S * self.fps:
+            self._t0 = ts - self._frames_written / self.fps
+            gap = 0
+        if self._last_frame is not None:
+            for _ in range(gap):  # the previous frame stayed on screen meanwhile
+                self._write(self._last_frame)
+                self._frames_repeated += 1
+        self._write(frame)
+        self._last_frame = frame if frame is not image else frame.copy()
+
+    def _write(self, frame: np.ndarray) -> None:
         if self._proc is not None:
             try:
                 self._proc.stdin.write(memoryview(frame).cast("B"))
@@ -437,8 +703,8 @@ class RecorderSink:
         except (OSError, ValueError):
             return ""
 
-    def _fail(self, exc: BaseException | None) -> UserError:
-        """Stop the encoder, keep what exists as .partial.mp4, build the error."""
+    def _fail(self, exc: BaseException | None, problem: str = "") -> UserError:
+        """Stop the encoder, keep the playable part as .partial.mp4, build the error."""
         rc = None
         if self._proc is not None:
             try:
@@ -452,23 +718,26 @@ class RecorderSink:
                 rc = self._proc.wait()
         text = self._ffmpeg_stderr()
         self._close_encoder()
-        kept = None
+        kept, kept_frames = None, 0
         if self.tmp_path is not None and self.tmp_path.exists():
-            if self.tmp_path.stat().st_size > 0:
+            if self.tmp_path.stat().st_size > 0 and self.encoder == "ffmpeg":
+                kept_frames = salvage_fragmented_mp4(self.tmp_path)
+            if kept_frames > 0:
                 os.replace(self.tmp_path, self.partial_path)
                 kept = self.partial_path
             else:
                 self.tmp_path.unlink()
         self._done = True
-        disk_full = ("No space left" in text
-                     or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)))
-        try:
-            disk_full = disk_full or shutil.disk_usage(self.path.parent).free < 1 << 20
-        except OSError:
-            pass
-        where = f"; kept what was written as {kept}" if kept else ""
-        last = text.splitlines()[-1] if text else (f"ffmpeg exited with code {rc}" if rc is not None else str(exc))
-        if disk_full:
+        if kept and shutil.which("ffprobe"):
+            where = (f"; kept the first {kept_frames} frames ({kept_frames / self.fps:.1f} s),"
+                     f" which play, as {kept}")
+        elif kept:
+            where = f"; kept what plays as {kept}"
+        else:
+            where = "; nothing playable was written, no file kept"
+        last = problem or (text.splitlines()[-1] if text else (
+            f"ffmpeg exited with code {rc}" if rc is not None else str(exc)))
+        if _disk_full(text + problem, exc, self.path.parent):
             err = UserError(f"recording to {self.path} failed: disk full (no space left on device)"
                             f" after {self._frames_written} frames{where}",
                             "free some disk space or choose another --out on a disk with more space")
@@ -509,8 +778,9 @@ class RecorderSink:
         self._done = True
 
     def stop(self) -> None:
-        """Finish the file and rename it to ``path``. Raises UserError if the
-        encoder fails while finishing (e.g. disk full during +faststart)."""
+        """Finish the file, verify it and rename it to ``path``. Raises
+        UserError if the encoder fails while finishing or the file does not
+        verify (e.g. disk full while writing the last fragment)."""
         if self._done or self.tmp_path is None:
             return
         if self._frames_written == 0:
@@ -528,15 +798,21 @@ class RecorderSink:
             except OSError as e:
                 raise self._fail(e) from e
             rc = self._proc.wait()
-            if rc != 0:
-                raise self._fail(None)
+            text = self._ffmpeg_stderr()
+            if rc != 0 or text:  # -loglevel error: any output is an error
+                raise self._fail(None, text.splitlines()[-1] if text else "")
+            problem = verify_mp4(self.tmp_path, video_frames=self._frames_written)
+            if problem:
+                raise self._fail(None, f"the written file does not verify: {problem}")
             self._close_encoder()
         else:
             self._close_encoder()
-            if not self.tmp_path.exists() or self.tmp_path.stat().st_size == 0:
-                raise self._fail(None)
+            problem = verify_mp4(self.tmp_path)
+            if problem:
+                raise self._fail(None, f"the written file does not verify: {problem}")
         os.replace(self.tmp_path, self.path)
         self._done = True
+        self.takes.append(self.path)
         log.info("wrote %s (%d frames, %s)", self.path, self._frames_written, self.encoder)
 
     def __enter__(self) -> "RecorderSink":
@@ -548,6 +824,8 @@ class RecorderSink:
 
     def stats(self) -> dict:
         return {"frames_written": self._frames_written, "path": str(self.path),
+                "frames_repeated": self._frames_repeated,
+                "frames_dropped": self._frames_dropped,
                 "encoder": self.encoder, "finished": self._done and self._error is None,
                 "last_error": self._error.message if self._error else None}
 

@@ -398,6 +398,11 @@ class VideoFileSource:
         self._next_due: float | None = None
         self.frame_count = 0  # container's claim; 0 if unknown
         self.loops = 0
+        self._pass_frames = 0  # frames decoded since the file was (re)started
+        #: (frames decoded, frames the container claims) when a pass through
+        #: the file ended well short of its claim: damaged part-way through.
+        self.damage: tuple[int, int] | None = None
+        self._notices: list[tuple[str, str, str]] = []
 
     @property
     def fps(self) -> float:
@@ -446,20 +451,51 @@ class VideoFileSource:
         self.frame_count = int(n) if n and math.isfinite(n) and n > 0 else 0
         self._size = (int(bgr.shape[1]), int(bgr.shape[0]))
         self._pending = bgr
+        self._pass_frames = 0
         self._closed.clear()
         self._cap = cap
+
+    def drain_notices(self) -> list[tuple[str, str, str]]:
+        """(code, message, hint) of what went wrong without stopping the
+        source (e.g. a damaged file that ended early), oldest first; each is
+        handed out once."""
+        with self._lock:
+            out, self._notices = self._notices, []
+        return out
+
+    def _check_pass_complete(self) -> None:
+        """Called (under the lock) when a pass through the file ended."""
+        n, claim = self._pass_frames, self.frame_count
+        # The claim of some containers is an estimate (duration x fps): allow
+        # a few % before calling the file damaged.
+        if claim and n < 0.97 * claim - 2:
+            first = self.damage is None
+            self.damage = (n, claim)
+            if first:
+                fps = self._fps
+                self._notices.append((
+                    "source_damaged",
+                    f"{self.path.name} is damaged: decoding stopped after {n} of {claim} frames "
+                    f"({n / fps:.1f} s of {claim / fps:.1f} s)",
+                    "re-download or re-export the video; playback restarts from its beginning"
+                    if self.loop else "re-download or re-export the video"))
+                log.warning("%s: decoding stopped after %d of %d frames (damaged file?)",
+                            self.path, n, claim)
 
     def _decode_next(self) -> np.ndarray | None:
         """Next BGR frame, restarting the file when looping; None at the end."""
         if self._pending is not None:
             bgr, self._pending = self._pending, None
+            self._pass_frames += 1
             return bgr
         with self._lock:
             if self._cap is None:
                 return None
             ok, bgr = self._cap.read()
             if ok and bgr is not None:
+                self._pass_frames += 1
                 return bgr
+            self._check_pass_complete()
             if not self.loop:
                 return None
             # Reopening is more reliable than seeking to 0 for every container.
@@ -470,6 +506,7 @@ class VideoFileSource:
                 log.warning("%s: could not restart the video for looping", self.path)
                 return None
             self.loops += 1
+            self._pass_frames = 1
             return bgr
 
     def read(self) -> Frame | None:

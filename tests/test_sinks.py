@@ -311,24 +311,199 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _patchy(n: int, patch: int = 80, seed: int = 1):
+    """Frames of a smooth gradient with a noise patch: a few KB each once
+    encoded, so a few hundred KB hold whole 2 s fragments."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = np.zeros((H, W, 3), np.uint8)
+        img[..., 1] = np.linspace(0, 255, W, dtype=np.uint8)[None, :]
+        img[..., 0] = (2 * i) % 256
+        img[100:100 + patch, 100:100 + patch] = rng.integers(0, 256, (patch, patch, 3), np.uint8)
+        yield img
+
+
+def _probe(path: Path) -> tuple[int, str]:
+    """(video packets, ffprobe's error output) of ``path``, demuxed for real."""
+    r = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+                        "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+                       capture_output=True, text=True)
+    n = r.stdout.strip()
+    return (int(n) if n.isdigit() else 0), r.stderr.strip() or ("" if r.returncode == 0 else "rc")
+
+
+def _fill_to(mnt: Path, free_bytes: int) -> None:
+    st = os.statvfs(mnt)
+    free = st.f_bavail * st.f_frsize
+    with open(mnt / "filler", "wb") as f:
+        f.write(b"\1" * max(0, free - free_bytes))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB tmpfs (needs root and mount rights, else skipped)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+needs_ffmpeg = pytest.mark.skipif(not (shutil.which("ffmpeg") and shutil.which("ffprobe")),
+                                  reason="needs ffmpeg and ffprobe")
+
+
+@needs_ffmpeg
 def test_recorder_disk_full(tiny_disk):
+    """The disk fills mid-recording: an error, and the kept .partial.mp4 plays."""
     out = tiny_disk / "big.mp4"
     rec = RecorderSink(out, W, H, 30)
-    rng = np.random.default_rng(0)
     rec.start()
     with pytest.raises(UserError) as ei:
-        for _ in range(400):  # noise does not compress: ~25 KB+ per frame
-            rec.submit(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), 0.0)
+        for img in _patchy(600):  # ~4 KB per frame: 2.4 MB into 512 KB
+            rec.submit(img, 0.0)
         rec.stop()
     msg = ei.value.message
     assert "disk full" in msg and "big.partial.mp4" in msg
     assert "disk space" in ei.value.hint
     assert not out.exists()
-    assert (tiny_disk / "big.partial.mp4").stat().st_size > 0
+    partial = tiny_disk / "big.partial.mp4"
+    n, err = _probe(partial)
+    assert err == "" and 0 < n < 600, (n, err)  # whole fragments, no damage
+    assert f"kept the first {n} frames" in msg
     assert [p.name for p in tiny_disk.iterdir()] == ["big.partial.mp4"]
     with pytest.raises(UserError):  # the failure sticks
         rec.submit(solid(0), 0.0)
     rec.stop()
+
+
+@needs_ffmpeg
+def test_recorder_disk_full_at_the_end(small_disk, tmp_path):
+    """Issue 13 item 2: the frames fit, the last write does not. ffmpeg prints
+    an error and exits 0; the recorder must not call the file finished."""
+    ref = tmp_path / "ref.mp4"
+    with RecorderSink(ref, W, H, 30) as rec:
+        for img in _patchy(90):
+            rec.submit(img, 0.0)
+    size = ref.stat().st_size
+    assert 150_000 < size < 700_000, size  # "a few hundred KB"
+    _fill_to(small_disk, size - 12 * 1024)
+    out = small_disk / "take.mp4"
+    rec = RecorderSink(out, W, H, 30)
+    rec.start()
+    for img in _patchy(90):
+        rec.submit(img, 0.0)  # everything is still in ffmpeg's buffers / fits
+    with pytest.raises(UserError) as ei:
+        rec.stop()
+    assert "disk full" in ei.value.message
+    assert not out.exists()
+    assert not rec.stats()["finished"]
+    partial = small_disk / "take.partial.mp4"
+    if partial.exists():  # the first 2 s fragment was complete: it plays
+        n, err = _probe(partial)
+        assert err == "" and 0 < n < 90, (n, err)
+        assert f"kept the first {n} frames" in ei.value.message
+    else:
+        assert "no file kept" in ei.value.message
+    assert sorted(p.name for p in small_disk.iterdir()) == sorted(
+        ["filler"] + (["take.partial.mp4"] if partial.exists() else []))
+
+
+@needs_ffmpeg
+def test_recording_is_playable_while_it_is_written(tmp_path):
+    """A recording cut off by a crash or a kill (no trailer) still plays up
+    to its last complete fragment."""
+    rec = RecorderSink(tmp_path / "x.mp4", W, H, 30)
+    rec.start()
+    for img in _patchy(150):
+        rec.submit(img, 0.0)
+    rec._proc.stdin.flush()
+    tmp = rec.tmp_path
+    t_end = time.monotonic() + 60
+    while tmp.read_bytes().count(b"mdat") < 2 and time.monotonic() < t_end:
+        time.sleep(0.1)  # until ffmpeg wrote two fragments
+    rec._proc.kill()  # no trailer, like SIGKILL or a power cut
+    rec._proc.wait()
+    from kf_desktop.sinks import salvage_fragmented_mp4
+
+    n = salvage_fragmented_mp4(tmp)
+    assert n >= 30 and _probe(tmp) == (n, "")
+    rec.abort()
+
+
+@needs_ffmpeg
+def test_stale_temp_files_of_dead_processes_are_cleaned(tmp_path):
+    """Issue 13 item 8: hidden temp files of processes that died are removed
+    at the next start; a live process's (or a fresh) one is kept."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old = time.time() - 3600
+    stale = tmp_path / f".take.{dead.pid}-0123abcd.tmp.mp4"
+    stale_mux = tmp_path / f".take.{dead.pid}-89abcdef.mux.mp4"
+    live = tmp_path / f".other.{os.getppid()}-0123abcd.tmp.mp4"
+    fresh = tmp_path / f".new.{dead.pid}-00000000.tmp.mp4"
+    mine = tmp_path / "keep.12345-0123abcd.tmp.mp4"  # not hidden: not ours
+    for p in (stale, stale_mux, live, fresh, mine):
+        p.write_bytes(b"x")
+    # a killed recording whose fragments play: kept under a visible name
+    rescued = tmp_path / f".rescued.{dead.pid}-fedcba98.tmp.mp4"
+    with RecorderSink(tmp_path / "src.mp4", W, H, 30) as rec:
+        for img in _patchy(70):
+            rec.submit(img, 0.0)
+    os.replace(tmp_path / "src.mp4", rescued)
+    with open(rescued, "ab") as f:
+        f.write(b"\0\0\1\0moof" + b"\7" * 50)  # a fragment cut off by the kill
+    for p in (stale, stale_mux, live, mine, rescued):
+        os.utime(p, (old, old))
+    rec = RecorderSink(tmp_path / "take.mp4", W, H, 30)
+    rec.start()
+    rec.submit(solid(5), 0.0)
+    rec.stop()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["take.mp4", live.name, fresh.name, mine.name, "rescued.partial.mp4"])
+    assert _probe(tmp_path / "rescued.partial.mp4") == (70, "")
+
+
+def test_recorder_restarted_writes_a_new_take(tmp_path):
+    """Issue 13 item 3: a RecorderSink reused across a stream restart works
+    and does not overwrite the first take."""
+    out = tmp_path / "rec.mp4"
+    rec = RecorderSink(out, W, H, 30)
+    for take in range(3):
+        rec.start()
+        for i in range(5 + take):
+            rec.submit(_gradient(i), 0.0)
+        rec.stop()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["rec-2.mp4", "rec-3.mp4", "rec.mp4"]
+    assert [len(_read_back(p)[0]) for p in rec.takes] == [5, 6, 7]
+
+
+def test_realtime_recorder_plays_in_real_time(tmp_path):
+    """Issue 13 item 7: frames arriving at 20 fps into a 30 fps live recording
+    (and a 0.5 s stall) give a file as long as the wall time they covered."""
+    out = tmp_path / "live.mp4"
+    rec = RecorderSink(out, W, H, 30, realtime=True)
+    rec.start()
+    t = 1000.0
+    stamps = [t + i / 20 for i in range(40)] + [t + 2.5 + i / 60 for i in range(60)]
+    for i, ts in enumerate(stamps):  # 2 s at 20 fps, a 0.5 s stall, 1 s at 60 fps
+        rec.submit(_gradient(i % 50), ts)
+    rec.stop()
+    frames, fps = _read_back(out)
+    assert fps == pytest.approx(30, abs=0.01)
+    span = stamps[-1] - stamps[0]
+    assert len(frames) / 30 == pytest.approx(span, abs=2 / 30)
+    st = rec.stats()
+    assert st["frames_repeated"] > 10 and st["frames_dropped"] > 20
+    assert st["frames_written"] == len(frames)
 
 
 # ---- preview / null ---------------------------------------------------------------
