@@ -16,6 +16,7 @@ import torch
 
 from engine.config import StreamConfig, get_preset
 from engine.detail import FullResStream
+from engine.serving import EngineStream
 from engine.hardware import inference_dtype
 from engine.stream import KnotForcingStream
 from engine.weights import default_weights_dir, random_model, try_load_trained
@@ -33,8 +34,12 @@ class KnotForcingGenerator:
     (engine/detail.py)."""
 
     def __init__(self, stream: KnotForcingStream, trained: bool, description: str) -> None:
-        self.stream = stream
-        self.full = FullResStream(stream)
+        # Frames are made by a one-slot serving engine with the stream's model,
+        # config and seed (engine/serving.py): a portrait switch is prefilled
+        # inside the chunk steps under a fixed token budget and swapped exactly
+        # switch_chunks chunks later, with no stall.
+        self.stream = EngineStream.from_stream(stream)
+        self.full = FullResStream(self.stream)
         self.trained = trained
         self.name = "knot-forcing" if trained else "knot-forcing (UNTRAINED)"
         self.description = description
