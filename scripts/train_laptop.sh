@@ -9,7 +9,7 @@
 #   fresh optimizer, the step/sample counts continue in the training record);
 # - runs niced in the foreground with progress lines; checkpoints every ~10 min
 #   into out/laptop_run/model (EMA weights, bf16, sha256 in config.json).
-# Ship a better checkpoint with: bash scripts/ship_model.sh (evaluates, then copies).
+# Ship a better checkpoint: see the README, "Training the model" (eval --record, then copy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN=${1:-100}
