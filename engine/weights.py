@@ -268,8 +268,49 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
+#: A safetensors header larger than this is damage, not a model (safetensors' own limit).
+MAX_HEADER_BYTES = 100_000_000
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Cheap structural check (no tensor data read): the 8-byte length, a
+    JSON header, and tensor offsets inside the file. A damaged file is
+    refused here even when its sha256 was recorded after the damage."""
+    size = path.stat().st_size
+
+    def bad(why: str) -> WeightsError:
+        return WeightsError(
+            f"{path.name} is not a readable safetensors file ({why})",
+            "re-download the weights or re-train; the file is damaged or not safetensors",
+        )
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than a header")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise bad(f"header length {n} does not fit in {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise bad(f"header is not JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    data = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data):
+            raise bad(f"tensor {name!r} lies outside the file ({data} data bytes)")
+
+
 def verify_files(path: str | os.PathLike, doc: dict[str, Any] | None = None) -> None:
-    """Check every listed file exists and has the recorded sha256."""
+    """Check every listed file exists, has the recorded sha256 and a sound
+    safetensors header."""
     d = _resolve_dir(path)
     doc = doc if doc is not None else read_config(d)
     for f in doc["files"]:
@@ -283,6 +324,7 @@ def verify_files(path: str | os.PathLike, doc: dict[str, Any] | None = None) -> 
                 f"{str(f.get('sha256'))[:16]}... recorded in {CONFIG_FILE}",
                 "re-download the weights or re-train; never edit weight files by hand",
             )
+        check_safetensors_header(p)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from kf_desktop import __version__
 from kf_desktop.cli_args import (bench_seconds_value, camera_index, device_spec, fps_value,
                                  parse_size, positive_float, seconds_value)
 from kf_desktop.errors import UserError
+from kf_desktop.model_choice import NOT_AS_ASKED, generator_refused, warn_unused_weights
 
 __all__ = ["main", "build_parser", "parse_size", "positive_float", "generator_options"]
 
@@ -68,9 +69,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
                         out=Path(args.out), seconds=args.seconds, size=args.size,
                         fps=args.fps, mode=args.mode, device=args.device,
                         generator_options=generator_options(args))
+    warn_unused_weights(args)
     result = render(req)
     print(f"wrote {result.path.resolve()} ({result.frames} frames, {result.seconds:.1f} s at "
           f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
+    if generator_refused(args.mode, result.label):
+        print("error: --mode generator was asked for, but the Knot Forcing model was refused "
+              "(see the warning above): the video is guide-only", file=sys.stderr)
+        return NOT_AS_ASKED
     return 0
 
 
@@ -85,6 +91,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from kf_desktop.live import run_live
 
+    warn_unused_weights(args)
     return run_live(args)
 
 
@@ -97,6 +104,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from kf_desktop.bench import run_bench
 
+    warn_unused_weights(args)
     return run_bench(args)
 
 

@@ -106,3 +106,13 @@ def test_an_intact_folder_still_loads(weights):
     model, info = load_model(weights)
     assert info.trained and model.trained
     assert try_load_trained(weights).model is not None
+
+
+def test_verify_files_catches_damage_that_the_hash_does_not(weights):
+    """What doctor and --mode auto check before loading: a sound header too."""
+    from engine.weights import verify_files
+
+    data = (weights / "model.safetensors").read_bytes()
+    _damage_file(weights, data[: len(data) - 100])
+    with pytest.raises(WeightsError, match="lies outside the file"):
+        verify_files(weights)
