@@ -54,8 +54,11 @@ class KVCache:
         ref_frames: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-        rotated_copy: bool = True,
+        rotated_copy: bool | None = None,
     ) -> None:
+        """rotated_copy: allocate ``k_rot``. None (default): only when the
+        model on ``device`` uses the torch attention; the Triton attention
+        (engine/kernels) rotates keys as it loads them and never reads it."""
         self.n_layers, self.batch, self.heads, self.head_dim = n_layers, batch, heads, head_dim
         self.tokens_per_frame = t = tokens_per_frame
         self.window = window
@@ -65,6 +68,10 @@ class KVCache:
         self.tail_offset = self.ref_tokens + window * t
         self.capacity = self.tail_offset + tail_frames * t  # Ncap
         shape = (n_layers, batch, heads, self.capacity, head_dim)
+        if rotated_copy is None:
+            from engine.kernels.dispatch import rope_on_read
+
+            rotated_copy = not rope_on_read(device)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         # Keys rotated for the current chunk's positions: derived data, rebuilt

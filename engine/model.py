@@ -160,9 +160,17 @@ class AttnSpec:
     n_keys: int = 0  # attend to buffer tokens [0, n_keys)
     cos_k: torch.Tensor | None = None  # (n_keys, Dh/2)
     sin_k: torch.Tensor | None = None
+    # Optional (Ncap / T,) temporal position of each buffer frame: the fused
+    # kernels (engine/kernels) then compute the angles on read instead of
+    # loading cos_k/sin_k. The eager path ignores it.
+    t_pos: torch.Tensor | None = None
 
 
 class Block(nn.Module):
+    #: Fused implementation of forward (engine/kernels/dispatch.py installs
+    #: it on CUDA); None = the eager code below.
+    kernels = None
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d, eps = cfg.dim, cfg.norm_eps
@@ -237,6 +245,10 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, tcond: torch.Tensor, attn: AttnSpec, layer: int, kv_only: bool = False
     ) -> torch.Tensor | None:
+        if self.kernels is not None:  # NotImplemented: this case stays on the eager code
+            out = self.kernels.block_forward(self, x, tcond, attn, layer, kv_only)
+            if out is not NotImplemented:
+                return out
         b, f, t, d = x.shape  # (B, F, T, D)
         mod = self.modulation(tcond).unsqueeze(2)  # (B, F, 1, 6, D): one set per frame
         sh1, sc1, g1, sh2, sc2, g2 = mod.unbind(3)  # (B, F, 1, D) each
@@ -255,6 +267,10 @@ class Block(nn.Module):
 
 
 class KnotForcingDiT(nn.Module):
+    #: "torch" | "triton": the kernels chosen at the first forward
+    #: (engine.kernels.install; KF_KERNELS overrides). None = not chosen yet.
+    kernel_backend: str | None = None
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg.validate()
@@ -369,6 +385,10 @@ class KnotForcingDiT(nn.Module):
         """Blocks [start, stop). With kv_only the last one only writes its keys
         and values (nothing after it is needed) and None is returned."""
         stop = self.cfg.depth if stop is None else stop
+        if self.kernel_backend is None:
+            from engine.kernels.dispatch import install
+
+            install(self)
         for i in range(start, stop):
             x = self.blocks[i](x, tcond, attn, i, kv_only=kv_only and i == stop - 1)
         return x

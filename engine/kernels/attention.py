@@ -305,7 +305,7 @@ def _attn_configs(family: str) -> list[dict]:
 
 _KERNEL = LazyKernel(
     _chunk_attention_kernel,
-    interp_meta={"BLOCK_M": 32, "BLOCK_N": 32},
+    interp_meta={"BLOCK_M": 64, "BLOCK_N": 64},  # few programs: the interpreter pays per op
     configs=_attn_configs,
     key=["n_q", "n_keys", "HALF"],
 )

@@ -121,7 +121,7 @@ def _mod_configs(family: str) -> list[dict]:
     return [{"meta": {"BLOCK_R": 4}, "num_warps": 4, "num_stages": 1}]
 
 
-_MOD = LazyKernel(_modulate_kernel, interp_meta={"BLOCK_R": 8}, configs=_mod_configs,
+_MOD = LazyKernel(_modulate_kernel, interp_meta={"BLOCK_R": 64}, configs=_mod_configs,
                   key=["n_rows", "d", "RESIDUAL", "LN"])
 
 
@@ -218,7 +218,7 @@ def _kv_configs(family: str) -> list[dict]:
     return [{"meta": {"BLOCK_T": 32}, "num_warps": 4, "num_stages": 1}]
 
 
-_KV = LazyKernel(_kv_write_kernel, interp_meta={"BLOCK_T": 32}, configs=_kv_configs, key=["n_tok", "dh"])
+_KV = LazyKernel(_kv_write_kernel, interp_meta={"BLOCK_T": 64}, configs=_kv_configs, key=["n_tok", "dh"])
 
 
 def kv_write(

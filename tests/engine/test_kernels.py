@@ -29,6 +29,22 @@ from engine.model import Rope3D
 DTYPES = [torch.float32, torch.bfloat16]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def small_tiles():
+    """Interpreter tiles of 16 here (the kernels' interpreter default is 64,
+    for speed): the shapes below then span several query and key tiles,
+    with partial last tiles and masked segments starting mid-tile."""
+    from engine.kernels import attention, norm
+
+    saved = [(k, dict(k.interp_meta)) for k in (attention._KERNEL, norm._MOD, norm._KV)]
+    attention._KERNEL.interp_meta.update(BLOCK_M=16, BLOCK_N=16)
+    norm._MOD.interp_meta.update(BLOCK_R=4)
+    norm._KV.interp_meta.update(BLOCK_T=16)
+    yield
+    for k, meta in saved:
+        k.interp_meta = meta
+
+
 def _rope(heads: int, head_dim: int, hp: int, wp: int) -> Rope3D:
     cfg = ModelConfig(in_channels=1, height=hp, width=wp, patch=1, dim=heads * head_dim, heads=heads, depth=1)
     return Rope3D(cfg.validate())
