@@ -109,12 +109,54 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_gui(args: argparse.Namespace) -> int:
+    photo = getattr(args, "portrait", None)
+    if photo:
+        path = Path(photo).expanduser()
+        if not path.is_file():
+            raise UserError(f"no photo at {photo}", "check the path of the portrait to open")
+        args.portrait = str(path.resolve())
     try:
         from ui.app import run_app
     except ImportError as e:
         raise UserError(f"the desktop window is not available: {e}",
                         "use `kf-desktop run` (headless) or `kf-desktop render`") from e
     return run_app(args)
+
+
+NO_DISPLAY_TEXT = """\
+kf-desktop: there is no display here, so the window cannot open. Try:
+  kf-desktop demo       render the built-in demo to kf-demo.mp4
+  kf-desktop run        stream to the virtual camera with a status line (Ctrl-C stops)
+  kf-desktop render --portrait PHOTO --driver VIDEO   animate a photo
+  kf-desktop doctor     check this machine
+  kf-desktop --help     every command
+"""
+
+
+def has_display(env: dict | None = None, platform: str | None = None) -> bool:
+    """Whether a window the user can see can open: on Linux an X11 or
+    Wayland session (an offscreen Qt platform does not count); Windows and
+    macOS desktops always have one."""
+    env = os.environ if env is None else env
+    if not (platform or sys.platform).startswith("linux"):
+        return True
+    if env.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal", "vnc"):
+        return False
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+def _no_command() -> argparse.Namespace | None:
+    """`kf-desktop` alone: the window where there is a display."""
+    if has_display():
+        print("opening the window (`kf-desktop --help` lists the commands)", file=sys.stderr)
+        return argparse.Namespace(command="gui", check=False, portrait=None, func=_cmd_gui)
+    print(NO_DISPLAY_TEXT, file=sys.stderr, end="")
+    return None
+
+
+def gui_main() -> int:
+    """`kf-desktop-gui [PHOTO]` (the menu entry, "Open with"): `kf-desktop gui`."""
+    return main(["gui", *sys.argv[1:]])
 
 
 def _cmd_passthrough(args: argparse.Namespace) -> int:
@@ -194,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"arguments of `kf-desktop {name}` (try --help)")
         sp.set_defaults(func=_cmd_passthrough)
 
-    g = sub.add_parser("gui", help="open the desktop window")
+    g = sub.add_parser("gui", help="open the desktop window (what `kf-desktop` alone does "
+                                   "when there is a display)")
+    g.add_argument("portrait", nargs="?", help="a portrait photo to open the window with")
     g.add_argument("--check", action="store_true", help="only check that the window can open")
     g.set_defaults(func=_cmd_gui)
     return p
@@ -213,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        if argv:  # e.g. only options: argparse has printed nothing
+            parser.print_help()
+            return 0
+        args = _no_command()
+        if args is None:
+            return 2
     if os.environ.get("KF_DEBUG"):
         return int(args.func(args) or 0)
     try:

@@ -113,7 +113,7 @@ def run_app(args: argparse.Namespace | None = None) -> int:
     logs: LogSetup = setup_logging(log_dir())
     log.info("starting the desktop window (Qt platform %s)", app.platformName())
     binding_ok, binding_detail, binding_fix = guard_binding()
-    ctl = Controller(log_setup=logs)
+    ctl = Controller(log_setup=logs, portrait=getattr(args, "portrait", None))
     install_crash_reporting(ctl.report_unexpected)
     if not binding_ok:
         ctl.notify("warning", "qt_binding", binding_detail, binding_fix)

@@ -53,7 +53,8 @@ class Controller(QObject):
     _unexpected = Signal(str)
 
     def __init__(self, services: Services | None = None, settings: SettingsStore | None = None,
-                 log_setup: LogSetup | None = None, device_poll_ms: int = 3000) -> None:
+                 log_setup: LogSetup | None = None, device_poll_ms: int = 3000,
+                 portrait: str | None = None) -> None:
         super().__init__()
         self.services = services or Services()
         self.settings = settings or SettingsStore()
@@ -132,6 +133,8 @@ class Controller(QObject):
         self._update_enabled()
         self.watcher.start()
         self.bridge.probe_vcam()
+        if portrait:  # `kf-desktop gui PHOTO`, "Open with" on a photo
+            self.request_portrait(str(portrait))
 
     # -- construction helpers -------------------------------------------------
     def _action(self, text: str, slot: Callable, key: str = "") -> QAction:

@@ -69,13 +69,13 @@ def make_window(qtbot, tmp_path):
     made: list[Controller] = []
 
     def make(services: Services, settings_path: Path | None = None,
-             out_size: tuple[int, int] | None = (640, 360)) -> Controller:
+             out_size: tuple[int, int] | None = (640, 360), portrait: str | None = None) -> Controller:
         path = settings_path or tmp_path / "settings.ini"
         store = SettingsStore.at(path)
         if out_size is not None and not path.exists():
             store.out_size = out_size
             store.sync()
-        ctl = Controller(services, store, device_poll_ms=300)
+        ctl = Controller(services, store, device_poll_ms=300, portrait=portrait)
         qtbot.addWidget(ctl.window)
         ctl.window.show()
         made.append(ctl)
@@ -86,3 +86,27 @@ def make_window(qtbot, tmp_path):
         ctl.shutdown()
     stray = [t.name for t in threading.enumerate() if t.name.startswith("kf-") and t.is_alive()]
     assert not stray, f"session threads left running: {stray}"
+
+
+@pytest.fixture
+def xvfb():
+    """A real X server (Xvfb) for the test: its DISPLAY, e.g. ':3'."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.skip("Xvfb is not installed (apt install xvfb)")
+    r, w = os.pipe()
+    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", "1280x800x24",
+                             "-nolisten", "tcp"], pass_fds=(w,), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    os.close(w)
+    with os.fdopen(r) as f:
+        display = f.readline().strip()  # Xvfb writes the display number once it is ready
+    if not display:
+        proc.kill()
+        pytest.skip("Xvfb did not start")
+    yield f":{display}"
+    proc.terminate()
+    proc.wait(10)

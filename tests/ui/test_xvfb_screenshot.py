@@ -6,37 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 from PySide6.QtGui import QImage
 
 from tests.ui.conftest import REPO
 from ui.pause_frame import qimage_to_rgb
 
 OUT = REPO / "out" / "ui"
-
-
-@pytest.fixture
-def xvfb():
-    exe = shutil.which("Xvfb")
-    if exe is None:
-        pytest.skip("Xvfb is not installed (apt install xvfb)")
-    r, w = os.pipe()
-    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", "1280x800x24",
-                             "-nolisten", "tcp"], pass_fds=(w,), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    os.close(w)
-    with os.fdopen(r) as f:
-        display = f.readline().strip()  # Xvfb writes the display number once it is ready
-    if not display:
-        proc.kill()
-        pytest.skip("Xvfb did not start")
-    yield f":{display}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def _image(path):
