@@ -176,6 +176,10 @@ def format_table(result: dict) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "serving", False):
+        from engine.bench_serving import main as serving_main  # the table: engine/bench_serving.py
+
+        return serving_main(["--json"] if args.json else [])
     if args.engine:
         from engine.bench_engine import main as engine_main
 

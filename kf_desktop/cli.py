@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=parse_size, default=(1280, 720))
     b.add_argument("--fps", type=fps_value, default=30.0)
     b.add_argument("--engine", action="store_true", help="benchmark the Knot Forcing engine")
+    b.add_argument("--serving", action="store_true",
+                   help="many streams on one engine (joins, portrait switches) vs the naive engine")
     _add_model_args(b)
     b.set_defaults(func=_cmd_bench)
 

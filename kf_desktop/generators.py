@@ -94,10 +94,12 @@ def probe_speed(generator, fps: float, seconds: float = 0.8) -> float:
     on a throw-away stream of the same model (the real one stays untouched)."""
     import time
 
+    from engine.serving import EngineStream
     from engine.stream import KnotForcingStream
 
     st = generator.stream
-    probe = KnotForcingStream(st.model, st.cfg, allow_untrained=True)
+    kind = EngineStream if isinstance(st, EngineStream) else KnotForcingStream  # the same code path
+    probe = kind(st.model, st.cfg, allow_untrained=True)
     g = torch.rand(1, 3, st.H, st.W, device=st.device)
     with torch.inference_mode():
         probe.set_reference(g)

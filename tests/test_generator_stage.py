@@ -124,10 +124,11 @@ def test_auto_mode_decides_from_evaluation_and_measured_speed(tmp_path):
     _with_evaluation(tmp_path / "w", 1.7, 0.03)
     assert auto_mode("cuda", tmp_path / "w") == "generator"
     # on a CPU the decision includes a real start-up speed probe of the loaded model
+    # (output rates are chosen far from what the shared, loaded CI machine does)
     seen = []
-    gen = make_generator("auto", "cpu", weights=tmp_path / "w", on_decision=seen.append)
+    gen = make_generator("auto", "cpu", weights=tmp_path / "w", on_decision=seen.append, fps=0.5)
     assert isinstance(gen, KnotForcingGenerator) and seen[-1].mode == "generator"
-    assert seen[-1].measured_fps and seen[-1].measured_fps > 25
+    assert seen[-1].measured_fps and seen[-1].measured_fps > 0.8
     # a machine that cannot keep up (here: an output rate no CPU reaches) falls back and says why
     gen = make_generator("auto", "cpu", weights=tmp_path / "w", on_decision=seen.append, fps=1e6)
     assert isinstance(gen, GuideOnlyGenerator)
