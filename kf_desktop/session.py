@@ -6,10 +6,26 @@ constant rate and repeats the last frame while the engine is late. A source
 that dies mid-stream does not stop the session: the capture thread keeps
 feeding face-less signals (the avatar eases back to its neutral pose, or
 follows idle motion), reports the loss, and tries to reopen the source.
+
+Faults never stop the stream silently (issue 13):
+- the source is read on its own thread (``_SourceReader``), so a ``read()``
+  or ``open()`` that blocks only starves the capture thread of frames: after
+  ``stall_timeout`` seconds without one, idle motion takes over, a
+  ``source_stalled`` event is raised and a fresh source instance is opened on
+  another thread; any exception from ``read()`` (``SourceLost``, but also the
+  ``RuntimeError``/``OSError`` an unplugged camera gives) is a loss that is
+  reopened every ``reopen_interval``;
+- a sink whose ``submit`` raises (or whose own thread failed) is taken out of
+  the output, reported (``sink_failed``) and restarted up to
+  ``sink_retries`` times (``sink_restored`` / ``sink_removed``); the other
+  sinks keep getting every frame; a ``UserError`` (disk full) removes it;
+- ``stop()`` is bounded: a source thread that does not come back in time is
+  reported (``source_hung``) and left behind as a daemon, never joined for ever.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -28,6 +44,8 @@ from kf_desktop.retarget import Gains, MotionParams
 from kf_desktop.sinks import FrameSink
 from kf_desktop.sources import FrameSource, SourceLost
 from kf_desktop.stats import RollingStats, Timer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,13 @@ class SessionConfig:
     mirror_output: bool = False
     #: Seconds between attempts to reopen a lost source.
     reopen_interval: float = 2.0
+    #: Watchdog: a source that is open but delivers no frame for this long is
+    #: declared stalled (idle motion takes over, a fresh instance is opened).
+    stall_timeout: float = 1.5
+    #: An ``open()`` that takes longer than this is abandoned the same way.
+    open_timeout: float = 12.0
+    #: Restarts of a failing sink before it is removed from the stream.
+    sink_retries: int = 3
     #: Motion used whenever no face drives the avatar: t -> MotionParams.
     idle_motion: Callable[[float], MotionParams | None] | None = None
     generator_factory: Callable[[], Generator] | None = None
@@ -59,6 +84,10 @@ class SessionConfig:
     #: mode, face lost, or head turned beyond ``audio_takeover_yaw``).
     audio_factory: Callable[[], object] | None = None
     audio_takeover_yaw: float = 35.0
+    #: If set, the audio-driven mouth of a frame is that of exactly this many ms
+    #: before its timestamp (the delayed virtual microphone sets it; see
+    #: ``AudioMotion(fixed_lag_ms=...)``); None: the newest mouth available.
+    audio_lag_ms: float | None = None
 
 
 class Session:
@@ -82,7 +111,16 @@ class Session:
         self._renderer: AvatarRenderer | None = None
         self._source: FrameSource | None = None
         self._source_ok = False
+        # capture-thread state (see _capture_tick)
+        self._reader: _SourceReader | None = None
+        self._retired: list[_SourceReader] = []
+        self._next_open = float("inf")
+        self._fresh_instance = False  # next open builds a new source (the old one hangs)
+        self._report_open_failure = False
+        self._announce = ""  # event to emit at the next frame: "restored" / "switched"
         self._started_sinks: list[FrameSink] = []
+        self._active_sinks: list[FrameSink] = []
+        self._sink_retry: dict[int, list] = {}  # id(sink) -> [sink, attempts, due]
         self._running = False
         self._audio = None
         self._audio_motion: Callable[[float], MotionParams] | None = None
@@ -108,6 +146,12 @@ class Session:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def audio_source(self):
+        """The open audio source (MicSource / WavSource) the mouth follows, or
+        None; other readers (the virtual microphone) share this one capture."""
+        return self._audio
 
     def start(self) -> None:
         """Load the portrait, open the source and the sinks, start the threads.
@@ -140,8 +184,16 @@ class Session:
         except BaseException:
             self._release()
             raise
+        self._active_sinks = list(self._started_sinks)
+        self._sink_retry = {}
         self._stop.clear()
         self._running = True
+        self._next_open = float("inf")
+        self._fresh_instance = False
+        self._announce = ""
+        if self._source is not None:
+            self._reader = _SourceReader(self._source, opened=True, on_notice=self._emit,
+                                       stats=self.stats)
         for name, target in (("kf-capture", self._capture_loop),
                              ("kf-engine", self._engine_loop),
                              ("kf-output", self._output_loop)):
@@ -150,8 +202,12 @@ class Session:
             t.start()
         self._emit("info", "started", "stream started")
 
+    #: stop(): how long the source threads get to come back after close().
+    SOURCE_STOP_TIMEOUT = 3.0
+
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the threads, join them and release every device. Idempotent."""
+        """Stop the threads, join them and release every device. Idempotent.
+        Bounded: a source stuck in its driver is reported, not waited for."""
         self._stop.set()
         for t in self._threads:
             t.join(timeout)
@@ -165,9 +221,22 @@ class Session:
             raise RuntimeError(f"threads did not stop in {timeout}s: {alive}")
 
     def _release(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
+        readers = self._retired + ([self._reader] if self._reader is not None else [])
+        self._reader, self._retired = None, []
+        for r in readers:
+            r.retire()  # close() on a helper thread: it may block in the driver
+        deadline = time.monotonic() + self.SOURCE_STOP_TIMEOUT
+        hung = [r for r in readers if not r.join(max(0.0, deadline - time.monotonic()))]
+        for r in hung:
+            log.warning("source %s did not stop within %.0f s; leaving its thread behind",
+                        r.name, self.SOURCE_STOP_TIMEOUT)
+            self._emit("warning", "source_hung",
+                       f"{r.name} did not stop (its driver hangs); its reader thread is left "
+                       "behind", "unplug and replug the camera, or restart the app")
+        if not readers and self._source is not None:
+            self._source.close()  # opened by start(), which then failed
+        self._source = None
+        self._source_ok = False
         if self._audio is not None:
             self._audio.close()
             self._audio = None
@@ -177,7 +246,13 @@ class Session:
                 sink.stop()
             except UserError as e:
                 self._emit("error", "sink_failed", e.message, e.hint)
+            except Exception as e:  # one broken sink must not keep the others open
+                log.exception("stopping %s failed", type(sink).__name__)
+                self._emit("error", "sink_failed",
+                           f"{_sink_label(sink)} failed while stopping: {type(e).__name__}: {e}")
         self._started_sinks = []
+        self._active_sinks = []
+        self._sink_retry = {}
 
     def __enter__(self) -> "Session":
         self.start()
@@ -286,50 +361,148 @@ class Session:
     def _capture_loop(self) -> None:
         period = 1.0 / self.config.fps
         analyzer = FaceAnalyzer(static=False)  # mediapipe: one instance per thread
-        next_reopen = 0.0
+        failures = 0
         try:
             while not self._stop.is_set():
-                self._apply_source_switch()
-                src = self._source
-                if self._paused.is_set():
-                    if src is not None and self._source_ok:
-                        src.close()
-                        self._source_ok = False
-                        next_reopen = 0.0  # reopen as soon as we resume
-                    self._stop.wait(period)
-                    continue
-                if src is None or not self._source_ok:
-                    now = time.monotonic()
-                    self._drive_q.put(self._idle_signal(now))
-                    if src is not None and now >= next_reopen:
-                        next_reopen = now + self.config.reopen_interval
-                        self._try_reopen(src)
-                    self._stop.wait(period)
-                    continue
                 try:
-                    with Timer(self.stats, "capture"):
-                        frame = src.read()
-                except SourceLost as e:
-                    self._source_ok = False
-                    next_reopen = time.monotonic() + self.config.reopen_interval
-                    self._emit("warning", "source_lost", e.message,
-                               e.hint or "reconnect the camera; the avatar keeps running")
-                    src.close()
-                    continue
-                if frame is None:  # a finite file ended: keep streaming idle
-                    self._source_ok = False
-                    next_reopen = float("inf")
-                    self._emit("info", "source_ended", "the driving video ended")
-                    continue
-                self._drive_q.put(self._analyze(analyzer, frame))
-        except Exception as e:  # report, keep the output alive on idle frames
-            self._emit("error", "capture_crashed", f"capture stopped: {e}",
-                       "restart the stream; see the log for details")
-            traceback.print_exc()
-            while not self._stop.wait(period):
-                self._drive_q.put(self._idle_signal(time.monotonic()))
+                    frame = self._capture_tick(period)
+                    if frame is not None:
+                        if len(self._drive_q) >= 2:
+                            # The engine is two frames behind: analysing this
+                            # frame would only push out one it has not used.
+                            self.stats.count("shed_capture")
+                            continue
+                        self._drive_q.put(self._analyze(analyzer, frame))
+                    failures = 0
+                except Exception as e:  # report, keep the output alive on idle frames
+                    failures += 1
+                    if failures == 1:
+                        self._emit("error", "capture_error", f"capture problem: {e}",
+                                   "the avatar keeps running on idle motion; see the log")
+                        traceback.print_exc()
+                    self._drive_q.put(self._idle_signal(time.monotonic()))
+                    self._stop.wait(period)
         finally:
             analyzer.close()
+
+    def _capture_tick(self, period: float) -> Frame | None:
+        """One step of the capture thread: a frame to analyse, or None after
+        it fed an idle signal or waited. Never blocks on the source."""
+        self._apply_source_switch()
+        now = time.monotonic()
+        if self._paused.is_set():
+            if self._reader is not None:
+                self._retire_reader()  # closes the camera: its light goes off
+                self._next_open = 0.0  # reopen as soon as we resume
+            self._source_ok = False
+            self._stop.wait(period)
+            return None
+        r = self._reader
+        if r is None:
+            if self._source is not None or self._fresh_instance:
+                if now >= self._next_open:
+                    self._open_reader()
+            self._drive_q.put(self._idle_signal(now))
+            self._stop.wait(period)
+            return None
+        frame = r.get(period)
+        if frame is not None:
+            if not self._source_ok:
+                self._source_ok = True
+                if self._announce == "restored":
+                    self._emit("info", "source_restored", f"{r.name} is back")
+                elif self._announce == "switched":
+                    self._emit("info", "source_switched", f"driving from {r.name}")
+                self._announce = ""
+            return frame
+        now = time.monotonic()
+        state = r.state
+        if state == "failed":
+            e = r.error
+            if self._report_open_failure:
+                self._report_open_failure = False
+                msg, hint = (e.message, e.hint) if isinstance(e, UserError) else (
+                    f"cannot open {r.name}: {type(e).__name__}: {e}", "see the log")
+                self._emit("error", "source_failed", msg, hint)
+            self._drop_reader()
+            self._next_open = now + self.config.reopen_interval
+        elif state == "lost":
+            e = r.error
+            if isinstance(e, UserError):
+                msg, hint = e.message, e.hint
+            else:  # what an unplugged camera often gives: a device error
+                msg = f"{r.name} stopped delivering frames ({type(e).__name__}: {e})"
+                hint = ""
+            self._source_ok = False
+            self._drop_reader()
+            self._emit("warning", "source_lost", msg,
+                       hint or "reconnect the camera; the avatar keeps running")
+            self._announce = "restored"
+            self._next_open = now + self.config.reopen_interval
+        elif state == "ended":  # a finite file ended: keep streaming idle
+            self._source_ok = False
+            self._drop_reader()
+            self._source = None
+            self._emit("info", "source_ended", "the driving video ended")
+        elif state == "reading" and now - r.last_frame > self.config.stall_timeout \
+                or state == "opening" and now - r.started > self.config.open_timeout:
+            waited = now - (r.last_frame if state == "reading" else r.started)
+            what = "delivered no frame" if state == "reading" else "did not open"
+            self._source_ok = False
+            self._retire_reader()  # its read() may never return: abandon it
+            self._emit("warning", "source_stalled",
+                       f"{r.name} {what} for {waited:.1f} s; idle motion until it is reopened",
+                       "check the camera (or the file's disk); it is reopened automatically")
+            self._fresh_instance = True  # the stuck instance cannot be reopened
+            self._announce = "restored"
+            self._next_open = now
+        if self._reader is None or self._reader.state != "reading" \
+                or now - self._reader.last_frame > self.config.stall_timeout:
+            self._drive_q.put(self._idle_signal(now))
+        return None
+
+    def _open_reader(self) -> None:
+        """Start reading (and opening) the current source on its own thread."""
+        if self._fresh_instance:
+            factory = self.config.source_factory
+            self._fresh_instance = False
+            if factory is None:
+                self._source = None
+                return
+            try:
+                self._source = factory()
+            except Exception as e:
+                self._emit("error", "source_failed", f"cannot create the source: {e}")
+                self._next_open = time.monotonic() + self.config.reopen_interval
+                self._fresh_instance = True
+                return
+        if self._source is None:
+            return
+        for old in self._retired:
+            if old.src is self._source and not old.join(0.5):
+                # Still closing (or stuck) on another thread: never open the
+                # same instance under it; build a fresh one next time.
+                self._fresh_instance = True
+                self._next_open = time.monotonic() + self.config.reopen_interval
+                return
+        self._reader = _SourceReader(self._source, opened=False, on_notice=self._emit,
+                                       stats=self.stats)
+
+    def _drop_reader(self) -> None:
+        """Forget a reader whose thread finished by itself (it closed its source)."""
+        r, self._reader = self._reader, None
+        if r is not None:
+            r.retire()
+            self._retired.append(r)
+        self._prune_retired()
+
+    def _retire_reader(self) -> None:
+        """Stop using the current reader; its source is closed on a helper
+        thread, so a driver that hangs in close() cannot freeze capture."""
+        self._drop_reader()
+
+    def _prune_retired(self) -> None:
+        self._retired = [r for r in self._retired if not r.finished]
 
     def _apply_source_switch(self) -> None:
         """Capture thread only: swap in a source requested by switch_source."""
@@ -338,22 +511,19 @@ class Session:
         if pending is None:
             return
         factory = pending[0]
-        if self._source is not None:
-            self._source.close()
+        self._retire_reader()
         self._source, self._source_ok = None, False
         self.config.source_factory = factory
+        self._announce = ""
         if factory is None:
+            self._fresh_instance = False
             self._emit("info", "source_switched", "no camera: idle motion")
             return
-        src = factory()
-        self._source = src
-        try:
-            src.open()
-        except UserError as e:
-            self._emit("error", "source_failed", e.message, e.hint)
-            return
-        self._source_ok = True
-        self._emit("info", "source_switched", f"driving from {src.name}")
+        self._fresh_instance = True
+        self._report_open_failure = True
+        self._announce = "switched"
+        self._next_open = 0.0
+        self._open_reader()
 
     def _analyze(self, analyzer: FaceAnalyzer, frame: Frame) -> DrivingSignal:
         self._watch_audio()
@@ -368,14 +538,6 @@ class Session:
             idle = self._idle_signal(frame.timestamp)
             return DrivingSignal(frame.timestamp, None, idle.params, frame.index)
         return DrivingSignal(frame.timestamp, face, None, frame.index)
-
-    def _try_reopen(self, src: FrameSource) -> None:
-        try:
-            src.open()
-        except UserError:
-            return
-        self._source_ok = True
-        self._emit("info", "source_restored", f"{src.name} is back")
 
     def _engine_loop(self) -> None:
         renderer = self._renderer
@@ -397,17 +559,189 @@ class Session:
                 self._out_q.put(f)
 
     def _output_loop(self) -> None:
+        errors = 0
         while not self._stop.is_set():
-            frame = self._out_q.get(timeout=0.1)
-            if frame is None:
+            try:
+                self._output_step()
+                errors = 0
+            except Exception as e:  # a bug here must not end the output for good
+                errors += 1
+                if errors == 1:
+                    traceback.print_exc()
+                    self._emit("error", "output_error", f"output problem: {e}", "see the log")
+                self._stop.wait(0.05)
+
+    def _output_step(self) -> None:
+        frame = self._out_q.get(timeout=0.1)
+        now = time.monotonic()
+        self._service_sinks(now)
+        if frame is None:
+            return
+        with Timer(self.stats, "output"):
+            for sink in list(self._active_sinks):
+                try:
+                    sink.submit(frame.image, frame.timestamp)
+                except UserError as e:  # e.g. recorder's disk full: others go on
+                    self._active_sinks.remove(sink)
+                    self._emit("error", "sink_failed", e.message, e.hint)
+                except Exception as e:
+                    self._sink_failed(sink, f"{type(e).__name__}: {e}", now)
+        now = time.monotonic()
+        self.stats.add("latency", (now - frame.timestamp) * 1000.0)
+        self.stats.tick("output", now)
+
+    def _sink_failed(self, sink: FrameSink, why: str, now: float) -> None:
+        """Take a failing sink out of the output and schedule its restart."""
+        if sink in self._active_sinks:
+            self._active_sinks.remove(sink)
+        entry = self._sink_retry.setdefault(id(sink), [sink, 0, now])
+        entry[1] += 1
+        attempts = entry[1]
+        log.error("sink %s failed: %s", _sink_label(sink), why)
+        if attempts > self.config.sink_retries:
+            del self._sink_retry[id(sink)]
+            self._emit("error", "sink_removed",
+                       f"{_sink_label(sink)} keeps failing ({why}); it was removed from the stream",
+                       "restart the stream; the other outputs keep running")
+            return
+        delay = self.config.reopen_interval * attempts
+        entry[2] = now + delay
+        self._emit("error", "sink_failed",
+                   f"{_sink_label(sink)} failed: {why}; restarting it in {delay:.0f} s "
+                   f"(attempt {attempts} of {self.config.sink_retries})",
+                   "the other outputs keep running")
+
+    def _service_sinks(self, now: float) -> None:
+        """Notice sinks whose own thread died (``failed``), restart failed
+        sinks that are due."""
+        for sink in list(self._active_sinks):
+            if getattr(sink, "failed", False):
+                err = ""
+                try:
+                    err = sink.stats().get("last_error") or ""
+                except Exception:
+                    pass
+                self._sink_failed(sink, err or "it stopped", now)
+        for key, (sink, attempts, due) in list(self._sink_retry.items()):
+            if now < due or sink in self._active_sinks:
                 continue
-            with Timer(self.stats, "output"):
-                for sink in list(self._started_sinks):
-                    try:
-                        sink.submit(frame.image, frame.timestamp)
-                    except UserError as e:  # e.g. recorder's disk full: others go on
-                        self._started_sinks.remove(sink)
-                        self._emit("error", "sink_failed", e.message, e.hint)
-            now = time.monotonic()
-            self.stats.add("latency", (now - frame.timestamp) * 1000.0)
-            self.stats.tick("output", now)
+            try:
+                sink.stop()
+            except Exception:
+                log.debug("stopping failed sink %s", _sink_label(sink), exc_info=True)
+            try:
+                sink.start()
+            except Exception as e:
+                self._sink_failed(sink, f"restart failed: {type(e).__name__}: {e}", now)
+                continue
+            self._active_sinks.append(sink)
+            self._emit("info", "sink_restored", f"{_sink_label(sink)} is running again")
+            # attempts are kept: a sink that fails again soon counts on
+
+
+def _sink_label(sink: object) -> str:
+    names = {"VirtualCameraSink": "the virtual camera", "RecorderSink": "the recording",
+             "PreviewSink": "the preview"}
+    return names.get(type(sink).__name__, type(sink).__name__)
+
+
+class _SourceReader:
+    """One source instance read on its own daemon thread ("kf-source-read").
+
+    The thread opens the source (unless it is already open), then calls
+    ``read()`` in a loop and keeps the newest frame in a one-slot mailbox. The
+    capture thread only polls the mailbox and ``state`` ("opening",
+    "reading", "ended", "lost", "failed"), so a driver that blocks never
+    freezes the stream. ``retire()`` asks the thread to stop and closes the
+    source on a helper thread ("kf-source-close"), which also unblocks a
+    ``read()`` waiting for the device in well-behaved sources."""
+
+    def __init__(self, src: FrameSource, *, opened: bool,
+                 on_notice: Callable[[str, str, str, str], None] | None = None,
+                 stats: RollingStats | None = None) -> None:
+        self.src = src
+        self._stats = stats
+        try:
+            self.name = src.name
+        except Exception:
+            self.name = type(src).__name__
+        self.state = "reading" if opened else "opening"
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.last_frame = self.started  # watchdog reference (time of the last frame)
+        self._on_notice = on_notice
+        self._box: DropOldestQueue[Frame] = DropOldestQueue(1)
+        self._quit = threading.Event()
+        self._closer: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, args=(opened,),
+                                        name="kf-source-read", daemon=True)
+        self._thread.start()
+
+    def get(self, timeout: float) -> Frame | None:
+        return self._box.get(timeout)
+
+    def _run(self, opened: bool) -> None:
+        src = self.src
+        try:
+            if not opened:
+                try:
+                    src.open()
+                except Exception as e:
+                    self.error, self.state = e, "failed"
+                    return
+                self.last_frame = time.monotonic()
+                self.state = "reading"
+            drain = getattr(src, "drain_notices", None)
+            while not self._quit.is_set():
+                t0 = time.perf_counter()
+                try:
+                    frame = src.read()
+                except Exception as e:  # SourceLost, RuntimeError, OSError, cv2.error...
+                    if not self._quit.is_set():
+                        self.error, self.state = e, "lost"
+                    return
+                if self._quit.is_set():
+                    return
+                if drain is not None and self._on_notice is not None:
+                    for code, message, hint in drain():
+                        self._on_notice("warning", code, message, hint)
+                if frame is None:
+                    self.state = "ended"
+                    return
+                self.last_frame = time.monotonic()
+                if self._stats is not None:
+                    self._stats.add("capture", (time.perf_counter() - t0) * 1000.0)
+                self._box.put(frame)
+        finally:
+            if not self._quit.is_set():  # ended/lost/failed by itself: release the device
+                try:
+                    src.close()
+                except Exception:
+                    log.debug("closing %s", self.name, exc_info=True)
+
+    def retire(self) -> None:
+        """Stop reading; close the source on a helper thread. Idempotent."""
+        if self._quit.is_set():
+            return
+        self._quit.set()
+
+        def close() -> None:
+            try:
+                self.src.close()
+            except Exception:
+                log.debug("closing %s", self.name, exc_info=True)
+
+        self._closer = threading.Thread(target=close, name="kf-source-close", daemon=True)
+        self._closer.start()
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive() and (self._closer is None or not self._closer.is_alive())
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for both threads; True if they ended."""
+        t_end = time.monotonic() + timeout
+        for t in (self._thread, self._closer):
+            if t is not None:
+                t.join(max(0.0, t_end - time.monotonic()))
+        return self.finished

@@ -95,7 +95,7 @@ def test_start_stream_stop(portrait, data_file, mem_vcam):
     assert cam.frames[-1].shape == (OUT[1], OUT[0], 3)
     for stage in ("capture", "face", "guide", "paste", "output", "latency"):
         assert snap["ms"][stage]["p50"] > 0, stage
-    assert snap["fps"]["output"] > 5
+    assert snap["fps"]["output"] > 1  # (a loaded 2-core CI machine manages ~3)
     # The avatar is not a black frame: the portrait is letterboxed into it.
     assert cam.frames[-1].mean() > 20
     codes = [e.code for e in session.events()]
@@ -103,7 +103,7 @@ def test_start_stream_stop(portrait, data_file, mem_vcam):
 
 
 def test_source_lost_keeps_output_running_and_recovers(portrait, data_file, mem_vcam):
-    src = FlakySource(data_file("cap13_edit2.mp4"), lose_after=10, down_for=1.5)
+    src = FlakySource(data_file("cap13_edit2.mp4"), lose_after=10, down_for=4.0)
     vcam = VirtualCameraSink(*OUT, fps=30, backend=mem_vcam.name)
     null = NullSink()
     cfg = SessionConfig(portrait=portrait, out_size=OUT, source_factory=lambda: src,
@@ -112,10 +112,12 @@ def test_source_lost_keeps_output_running_and_recovers(portrait, data_file, mem_
     session.start()
     try:
         assert _wait_for(lambda: any(e.code == "source_lost" for e in session.events()))
-        n0 = null.stats()["frames"]
-        time.sleep(0.8)  # camera is unplugged: the engine keeps producing frames
-        assert null.stats()["frames"] - n0 >= 10
         assert not session.snapshot()["source_ok"]
+        n0 = null.stats()["frames"]
+        # camera is unplugged: the engine keeps producing (idle) frames
+        assert _wait_for(lambda: null.stats()["frames"] - n0 >= 3)
+        assert time.monotonic() < src.back_at or not any(
+            e.code == "source_restored" for e in session.events())
         assert _wait_for(lambda: any(e.code == "source_restored" for e in session.events()))
         reads = src.reads
         assert _wait_for(lambda: src.reads > reads + 5)
@@ -216,3 +218,287 @@ def test_switch_source_without_restart(portrait, data_file, tmp_path):
         assert _wait_for(lambda: null.stats()["frames"] > n + 10)  # still streaming (idle)
         assert second.closed >= 1
     assert s.running is False
+
+
+# ---- issue 13: no fault may silently stop the stream -------------------------
+
+class BrokenSink:
+    """A real NullSink whose submit starts raising after ``ok_frames`` frames
+    (a bug in a sink, a device gone); ``heal_on_restart`` makes a restart fix it."""
+
+    def __init__(self, ok_frames: int, heal_on_restart: bool = True) -> None:
+        self.inner = NullSink()
+        self.ok_frames = ok_frames
+        self.heal_on_restart = heal_on_restart
+        self.starts = 0
+        self.broken = True
+
+    def start(self):
+        self.starts += 1
+        if self.starts > 1 and self.heal_on_restart:
+            self.broken = False
+
+    def submit(self, image, ts):
+        if self.broken and self.inner.stats()["frames"] >= self.ok_frames:
+            raise RuntimeError("sink bug (simulated)")
+        self.inner.submit(image, ts)
+
+    def stop(self):
+        pass
+
+    def stats(self):
+        return self.inner.stats()
+
+
+def _codes(s):
+    return [e.code for e in s.events()]
+
+
+def test_a_failing_sink_is_isolated_reported_and_restarted(portrait):
+    """Issue 13 item 3: an exception in one sink used to end the output
+    thread: every sink starved, no event, the session still 'running'."""
+    broken = BrokenSink(ok_frames=3)
+    null = NullSink()
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, reopen_interval=0.3)
+    with Session(cfg, [broken, null]) as s:
+        assert _wait_for(lambda: "sink_failed" in _codes(s))
+        n = null.stats()["frames"]
+        assert _wait_for(lambda: null.stats()["frames"] >= n + 10)  # the others go on
+        assert _wait_for(lambda: "sink_restored" in _codes(s))
+        m = broken.stats()["frames"]
+        assert _wait_for(lambda: broken.stats()["frames"] >= m + 5)  # it works again
+    failed = next(e for e in s.events() if e.code == "sink_failed")
+    assert failed.level == "error" and "sink bug" in failed.message
+
+
+def test_a_sink_that_keeps_failing_is_removed(portrait):
+    broken = BrokenSink(ok_frames=0, heal_on_restart=False)
+    null = NullSink()
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, reopen_interval=0.1, sink_retries=2)
+    with Session(cfg, [broken, null]) as s:
+        assert _wait_for(lambda: "sink_removed" in _codes(s), timeout=30)
+        n = null.stats()["frames"]
+        assert _wait_for(lambda: null.stats()["frames"] >= n + 10)
+    assert _codes(s).count("sink_failed") == 2 and broken.starts == 3
+
+
+def test_virtual_camera_lost_mid_stream_is_reported_and_reopened(portrait):
+    """The real pyvirtualcam front end on a backend that dies after 5 frames:
+    its sender thread stops; the session notices, says so and reopens it."""
+    from kf_desktop.vcam_memory import MemoryVcam
+
+    vc = MemoryVcam(fail_after=5, name="kf_test_session_failing")
+    vc.register()
+    try:
+        vcam = VirtualCameraSink(*OUT, fps=30, backend=vc.name)
+        null = NullSink()
+        cfg = SessionConfig(portrait=portrait, out_size=OUT, reopen_interval=0.2)
+        with Session(cfg, [vcam, null]) as s:
+            assert _wait_for(lambda: "sink_restored" in _codes(s))
+            assert _wait_for(lambda: len(vc.instances) >= 2 and vc.instances[1].count >= 1)
+    finally:
+        vc.unregister()
+    failed = next(e for e in s.events() if e.code == "sink_failed")
+    assert "virtual camera" in failed.message and "device lost" in failed.message
+    assert all(c.closed for c in vc.instances)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ffprobe"), reason="needs ffmpeg")
+def test_recorder_reused_across_a_restart(portrait, tmp_path):
+    from kf_desktop.sinks import RecorderSink
+    from tests.test_sinks import _probe
+
+    rec = RecorderSink(tmp_path / "call.mp4", *OUT, 30, realtime=True)
+    s = Session(SessionConfig(portrait=portrait, out_size=OUT), [rec])
+    for _ in range(2):
+        s.start()
+        assert _wait_for(lambda: rec.stats()["frames_written"] >= 10)
+        s.stop()
+    assert not [e for e in s.events() if e.level == "error"], s.events()
+    assert [p.name for p in rec.takes] == ["call.mp4", "call-2.mp4"]
+    for p in rec.takes:
+        n, err = _probe(p)
+        assert err == "" and n >= 10
+
+
+class SpySink(NullSink):
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def submit(self, image, ts):
+        super().submit(image, ts)
+        self.times.append(ts)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ffprobe"), reason="needs ffmpeg")
+def test_live_recording_plays_in_real_time(portrait, data_file, tmp_path):
+    """Issue 13 item 7: whatever rate the engine manages (a few fps on a
+    loaded CI machine), a live recording lasts as long as the stream did."""
+    from kf_desktop.sinks import RecorderSink
+
+    clip = data_file("cap13_edit2.mp4")
+    rec = RecorderSink(tmp_path / "live.mp4", *OUT, 30, realtime=True)
+    spy = SpySink()
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, fps=30,
+                        source_factory=lambda: VideoFileSource(clip, realtime=True, loop=True))
+    with Session(cfg, [spy, rec]):
+        assert _wait_for(lambda: len(spy.times) >= 2)
+        time.sleep(3.0)
+    span = spy.times[-1] - spy.times[0]
+    cap = cv2.VideoCapture(str(tmp_path / "live.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n / 30 == pytest.approx(span, abs=0.15), (n, span, len(spy.times))
+
+
+class BlockingSource:
+    """A real file source whose read() really blocks after ``ok_reads`` reads
+    (a hung driver, a stalled network file): on a threading.Event that only
+    close() sets, or (``ignore_close``) that nothing sets until the test ends."""
+
+    def __init__(self, path, ok_reads: int, ignore_close: bool = False) -> None:
+        self._inner = VideoFileSource(path, realtime=True, loop=True)
+        self.ok_reads = ok_reads
+        self.ignore_close = ignore_close
+        self.reads = 0
+        self.blocked = threading.Event()
+        self.unblock = threading.Event()
+        self.closed = 0
+
+    def open(self):
+        self._inner.open()
+
+    def read(self):
+        self.reads += 1
+        if self.reads > self.ok_reads:
+            self.blocked.set()
+            self.unblock.wait()  # really blocks the calling thread
+            return None
+        return self._inner.read()
+
+    def close(self):
+        self.closed += 1
+        if not self.ignore_close:
+            self.unblock.set()
+        self._inner.close()
+
+    fps = property(lambda self: self._inner.fps)
+    size = property(lambda self: self._inner.size)
+    name = property(lambda self: "stuck camera")
+
+
+def test_a_blocking_read_hands_over_to_idle_motion_and_reopens(portrait, data_file):
+    """Issue 13 item 4: a read() that blocks froze the avatar with no event,
+    and stop() then took 5 s and raised."""
+    clip = data_file("cap13_edit2.mp4")
+    made = []
+
+    def factory():
+        made.append(BlockingSource(clip, ok_reads=10 if not made else 10**9))
+        return made[-1]
+
+    null = NullSink()
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, source_factory=factory,
+                        stall_timeout=0.5, reopen_interval=0.3)
+    s = Session(cfg, [null])
+    s.start()
+    try:
+        assert made[0].blocked.wait(30)
+        assert _wait_for(lambda: "source_stalled" in _codes(s))
+        n = null.stats()["frames"]
+        assert _wait_for(lambda: null.stats()["frames"] >= n + 5)  # idle motion flows
+        assert _wait_for(lambda: len(made) == 2 and made[1].reads >= 5)  # reopened
+        assert _wait_for(lambda: "source_restored" in _codes(s))
+        assert made[0].closed >= 1
+    finally:
+        t0 = time.monotonic()
+        s.stop()
+        took = time.monotonic() - t0
+    assert took < s.SOURCE_STOP_TIMEOUT + 5
+    assert not _kf_threads(), _kf_threads()
+    stalled = next(e for e in s.events() if e.code == "source_stalled")
+    assert stalled.level == "warning" and "stuck camera" in stalled.message
+
+
+def test_stop_is_bounded_when_a_read_never_returns(portrait, data_file):
+    src = BlockingSource(data_file("cap13_edit2.mp4"), ok_reads=5, ignore_close=True)
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, source_factory=lambda: src,
+                        stall_timeout=60.0)  # the watchdog does not fire: stop() must cope
+    s = Session(cfg, [NullSink()])
+    s.start()
+    try:
+        assert src.blocked.wait(30)
+        t0 = time.monotonic()
+        s.stop()  # no RuntimeError
+        took = time.monotonic() - t0
+        assert took < s.SOURCE_STOP_TIMEOUT + 5
+        assert "source_hung" in _codes(s)
+        assert [t for t in _kf_threads() if t != "kf-source-read"] == []
+    finally:
+        src.unblock.set()
+    assert _wait_for(lambda: not _kf_threads())
+
+
+class ErrorSource(FlakySource):
+    """read() raises what an unplugged V4L2 camera gives OpenCV users: a
+    RuntimeError / OSError, not SourceLost."""
+
+    def __init__(self, path, lose_after, exc):
+        super().__init__(path, lose_after, down_for=0.0)
+        self.exc = exc
+
+    def read(self):
+        self.reads += 1
+        if self.back_at is None and self.reads > self.lose_after:
+            self.back_at = time.monotonic()
+            raise self.exc
+        return self._inner.read()
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("VIDIOC_DQBUF: No such device"),
+                                 OSError(19, "No such device")])
+def test_device_errors_are_a_loss_with_reopen_and_switch_still_works(portrait, data_file, exc):
+    src = ErrorSource(data_file("cap13_edit2.mp4"), lose_after=8, exc=exc)
+    other = FlakySource(data_file("carphone_pristine.mp4"), lose_after=10**9, down_for=0)
+    null = NullSink()
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, source_factory=lambda: src,
+                        reopen_interval=0.3)
+    with Session(cfg, [null]) as s:
+        assert _wait_for(lambda: "source_lost" in _codes(s))
+        assert _wait_for(lambda: "source_restored" in _codes(s))
+        reads = src.reads
+        assert _wait_for(lambda: src.reads > reads + 5)
+        s.switch_source(lambda: other)
+        assert _wait_for(lambda: other.reads >= 5)
+        assert _wait_for(lambda: "source_switched" in _codes(s))
+    assert "capture_crashed" not in _codes(s)
+    lost = next(e for e in s.events() if e.code == "source_lost")
+    assert "No such device" in lost.message
+    assert not _kf_threads()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg")
+def test_live_playback_reports_a_damaged_video(portrait, data_file, tmp_path):
+    """Issue 13 item 10: a driver video damaged part-way through loops back
+    early without a word; live playback must say so."""
+    from tests.test_render import _damaged_clip
+
+    bad = _damaged_clip(data_file, tmp_path)
+    cfg = SessionConfig(portrait=portrait, out_size=OUT,
+                        source_factory=lambda: VideoFileSource(bad, realtime=False, loop=True))
+    with Session(cfg, [NullSink()]) as s:
+        assert _wait_for(lambda: "source_damaged" in _codes(s), timeout=60)
+    ev = next(e for e in s.events() if e.code == "source_damaged")
+    assert ev.level == "warning" and "of 100 frames" in ev.message
+
+
+def test_reported_output_rate_falls_to_zero_while_paused(portrait):
+    """Issue 13 item 5: 'output 27.6 fps' was shown 7 s into a pause."""
+    null = NullSink()
+    with Session(SessionConfig(portrait=portrait, out_size=OUT), [null]) as s:
+        assert _wait_for(lambda: s.snapshot()["fps"].get("output", 0) > 0.5)
+        s.set_paused(True)
+        assert _wait_for(lambda: s.snapshot()["fps"].get("output", 1) == 0.0, timeout=15)
