@@ -12,14 +12,14 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QGuiApplication, QImage, QKeySequence
-from PySide6.QtWidgets import QApplication, QComboBox, QMessageBox
+from PySide6.QtWidgets import QApplication, QComboBox, QFileDialog, QMessageBox
 
 from ui import diagnostics
 from ui.device_pickers import DeviceWatcher
 from ui.hotkeys import HOTKEYS, make_actions
 from ui.logs import LogSetup
 from ui.main_window import MainWindow
-from ui.options import StreamOptions, uses_camera, uses_mic
+from ui.options import VIDEO_SUFFIXES, StreamOptions, is_video, uses_camera, uses_mic, video_entry
 from ui.pause_frame import make_pause_still, qimage_to_rgb
 from ui.services import Services
 from ui.session_bridge import RUNNING, STOPPED, Notice, SessionBridge
@@ -62,7 +62,10 @@ class Controller(QObject):
         s = self.settings
         self.window = w = MainWindow({hk.id: s.hotkey(hk.id, hk.default) for hk in HOTKEYS})
         self.bridge = SessionBridge(self.services, parent=self)
-        self.watcher = DeviceWatcher(self.services.list_cameras, self.services.list_microphones,
+        # Video files (the fetched demo clip, files the user chose) are offered
+        # after the webcams, as cameras: a user without one can drive the avatar.
+        self._videos = [v for v in s.video_files if Path(v).is_file()]
+        self.watcher = DeviceWatcher(self._list_inputs, self.services.list_microphones,
                                      interval_ms=device_poll_ms, parent=self)
         self._vcam_hint = ""
         self._closed = False
@@ -88,6 +91,7 @@ class Controller(QObject):
         w.device_combo.currentIndexChanged.connect(self._on_option_widget)
         w.gains_panel.gains_changed.connect(self._on_option_widget)
         w.vcam_fix_button.clicked.connect(self._show_vcam_fix)
+        w.video_button.clicked.connect(self.choose_video)
         w.closing.connect(self._on_close)
 
         # -- bridge -> widgets
@@ -212,6 +216,45 @@ class Controller(QObject):
         if self.bridge.state == STOPPED and w.vcam_check.isChecked() != vcam_was:
             self._on_vcam(VcamStatus("off"))
             self.bridge.probe_vcam()
+
+    # -- video files as cameras (worker thread for _list_inputs) ---------------
+    def _list_inputs(self) -> list:
+        return [*self.services.list_cameras(), *self._video_entries()]
+
+    def _video_entries(self) -> list:
+        demo = self.services.demo_clip()
+        entries = [video_entry(demo, demo=True)] if demo else []
+        return entries + [video_entry(v) for v in list(self._videos) if v != demo]
+
+    def choose_video(self) -> None:
+        start = self._videos[0] if self._videos else (self.services.demo_clip() or "")
+        pattern = " ".join(f"*{x}" for x in VIDEO_SUFFIXES)
+        path, _ = QFileDialog.getOpenFileName(self.window, "Drive with a video file",
+                                              str(Path(start).parent) if start else "",
+                                              f"Videos ({pattern});;All files (*)")
+        if path:
+            self.use_video(path)
+
+    def use_video(self, path: str) -> None:
+        """Make the video file the camera (and the input mode one that uses it)."""
+        path = str(Path(path).resolve())
+        if not Path(path).is_file():
+            self._banner(Notice("warning", "video_missing", f"{Path(path).name} is not there",
+                                "choose another video file"))
+            return
+        self.settings.add_video(path)
+        self._videos = [v for v in self.settings.video_files if Path(v).is_file()]
+        entry = video_entry(path, demo=path == self.services.demo_clip())
+        w = self.window
+        if not uses_camera(w.mode_combo.currentData()):
+            w.mode_combo.blockSignals(True)
+            _select_data(w.mode_combo, "webcam+mic")
+            w.mode_combo.blockSignals(False)
+        cams = [d for d in (self.watcher.cameras or []) if not is_video(d)]
+        w.camera_combo.set_devices([*cams, *self._video_entries()])
+        w.camera_combo.set_wanted(entry.name)
+        self._on_option_widget()
+        self.watcher.refresh()
 
     def _on_cameras(self, devices: list) -> None:
         self.window.camera_combo.set_devices(devices)

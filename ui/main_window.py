@@ -102,9 +102,17 @@ class MainWindow(QMainWindow):
         self.camera_combo.setObjectName("cameraCombo")
         self.mic_combo = DeviceCombo("No microphone found")
         self.mic_combo.setObjectName("micCombo")
+        self.video_button = QPushButton("Video…")
+        self.video_button.setObjectName("videoButton")
+        self.video_button.setToolTip("Drive the avatar with a video file instead of a webcam "
+                                     "(it loops); the fetched demo clip is in the camera list")
+        camera_row = QHBoxLayout()
+        camera_row.setSpacing(6)
+        camera_row.addWidget(self.camera_combo, 1)
+        camera_row.addWidget(self.video_button)
         inp = _form()
         inp.addRow("Mode", self.mode_combo)
-        inp.addRow("Camera", self.camera_combo)
+        inp.addRow("Camera", camera_row)
         inp.addRow("Microphone", self.mic_combo)
 
         self.vcam_check = QCheckBox("Virtual camera")

@@ -52,6 +52,28 @@ class DeviceEntry:
 
 
 @dataclass(frozen=True)
+class VideoKey:
+    """``DeviceEntry.key`` of a video file offered as a camera (it loops, in
+    real time, like `kf-desktop run --video`)."""
+
+    path: str
+
+
+#: What the "Video file…" dialog offers.
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
+
+
+def video_entry(path: str, demo: bool = False) -> DeviceEntry:
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return DeviceEntry(VideoKey(str(path)), f"Demo clip ({name})" if demo else f"Video: {name}",
+                       str(path))
+
+
+def is_video(entry: DeviceEntry | None) -> bool:
+    return entry is not None and isinstance(entry.key, VideoKey)
+
+
+@dataclass(frozen=True)
 class StreamOptions:
     portrait: str = ""
     mode: str = "webcam+mic"

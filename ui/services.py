@@ -54,6 +54,22 @@ def open_camera(entry: DeviceEntry, opts: StreamOptions) -> Any:
     return CameraSource(int(entry.key), size=(1280, 720), fps=opts.fps)
 
 
+def open_video(path: str, opts: StreamOptions) -> Any:
+    """A video file as the camera: real time, looping."""
+    from kf_desktop.sources import VideoFileSource
+
+    return VideoFileSource(Path(path), realtime=True, loop=True)
+
+
+def demo_clip() -> str | None:
+    """The fetched talking-head clip (`kf-desktop data fetch`), if it is there."""
+    from kf_desktop.cli import DEMO_DRIVER
+    from kf_desktop.data import data_dir
+
+    path = data_dir() / DEMO_DRIVER
+    return str(path) if path.is_file() else None
+
+
 def open_mic(entry: DeviceEntry, opts: StreamOptions) -> Any:
     from kf_desktop.audio.mic import MicSource
 
@@ -164,6 +180,8 @@ class Services:
     list_cameras: Callable[[], list[DeviceEntry]] = list_cameras
     list_microphones: Callable[[], list[DeviceEntry]] = list_microphones
     open_camera: Callable[[DeviceEntry, StreamOptions], Any] = open_camera
+    open_video: Callable[[str, StreamOptions], Any] = open_video
+    demo_clip: Callable[[], str | None] = demo_clip
     open_mic: Callable[[DeviceEntry, StreamOptions], Any] | None = open_mic
     make_vcam: Callable[[StreamOptions, bool], Any] = make_vcam
     probe_vcam: Callable[[StreamOptions], tuple[bool, str, str]] = probe_vcam

@@ -27,7 +27,7 @@ from PySide6.QtCore import QCoreApplication, QObject, QTimer, Signal
 from PySide6.QtGui import QImage
 
 from kf_desktop.errors import UserError
-from ui.options import StreamOptions, uses_camera, uses_mic
+from ui.options import StreamOptions, VideoKey, uses_camera, uses_mic
 from ui.services import Services
 from ui.vcam_slot import VcamSlot, VcamStatus
 
@@ -511,7 +511,7 @@ class SessionBridge(QObject):
             else:
 
                 def source_factory() -> Any:
-                    return track_open(svc.open_camera(entry, opts), camera_error)
+                    return track_open(self._open_input(entry, opts), camera_error)
         mic_factory = None
         mic_error: list[BaseException] = []
         have_mic = opts.mic is not None and opts.mic.key is not None
@@ -578,11 +578,16 @@ class SessionBridge(QObject):
         entry = self._find_camera(opts.camera)
         if entry is None:
             return False
-        svc = self.services
-        session.switch_source(lambda: svc.open_camera(entry, opts))
+        session.switch_source(lambda: self._open_input(entry, opts))
         self._session_opts = old.with_(camera=entry)
         self._notify("info", "camera_switched", f"Camera: {entry.name}")
         return True
+
+    def _open_input(self, entry: Any, opts: StreamOptions) -> Any:
+        """The camera's source: a webcam, or a video file offered as one."""
+        if isinstance(entry.key, VideoKey):
+            return self.services.open_video(entry.key.path, opts)
+        return self.services.open_camera(entry, opts)
 
     def _find_camera(self, wanted: Any) -> Any:
         """The camera to open: the chosen one if it is plugged in; when the

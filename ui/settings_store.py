@@ -97,6 +97,19 @@ class SettingsStore:
         self.qs.setValue("input/camera", name or "")
 
     @property
+    def video_files(self) -> list[str]:
+        """Video files chosen as the camera, newest first."""
+        try:
+            items = json.loads(self._str("input/videos", "[]"))
+        except ValueError:
+            return []
+        return [p for p in items if isinstance(p, str)][:MAX_RECENT] if isinstance(items, list) else []
+
+    def add_video(self, path: str) -> None:
+        items = [p for p in self.video_files if p != path]
+        self.qs.setValue("input/videos", json.dumps([path, *items][:MAX_RECENT]))
+
+    @property
     def microphone(self) -> str:
         return self._str("input/microphone")
 

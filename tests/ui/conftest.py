@@ -52,6 +52,7 @@ def file_services(clip: Path, vcam_backend: str | None, *,
         open_camera=source or (lambda entry, opts: VideoFileSource(clip, realtime=True, loop=True)),
         make_vcam=lambda opts, mirror: make_vcam(opts, mirror, backend=vcam_backend),
         probe_vcam=lambda opts: probe_vcam(opts, backend=vcam_backend),
+        demo_clip=lambda: None,  # only the listed cameras, unless a test offers the clip
     )
     kw.update(overrides)
     return Services(**kw)
