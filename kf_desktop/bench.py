@@ -180,6 +180,11 @@ def run_bench(args: argparse.Namespace) -> int:
         from engine.bench_serving import main as serving_main  # the table: engine/bench_serving.py
 
         return serving_main(["--json"] if args.json else [])
+    if getattr(args, "kernels", False) or (args.engine and getattr(args, "preset", None)):
+        from engine.kernels.bench import main as kernels_main  # GPU timings; floors only without one
+
+        argv = (["--kernels"] if args.kernels else []) + (["--engine"] if args.engine else [])
+        return kernels_main(argv + ["--preset", *(args.preset or ["paper"])] + (["--json"] if args.json else []))
     if args.engine:
         from engine.bench_engine import main as engine_main
 

@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--engine", action="store_true", help="benchmark the Knot Forcing engine")
     b.add_argument("--serving", action="store_true",
                    help="many streams on one engine (joins, portrait switches) vs the naive engine")
+    b.add_argument("--kernels", action="store_true", help="time the Triton kernels against torch (GPU)")
+    b.add_argument("--preset", nargs="+", help="with --engine: the stream with and without Triton (GPU)")
     _add_model_args(b)
     b.set_defaults(func=_cmd_bench)
 

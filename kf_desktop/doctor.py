@@ -139,6 +139,7 @@ def _data() -> Check:
 def collect() -> list[Check]:
     checks = [_python(), *_torch(),
               _module("triton", "pip install triton (Triton kernels; optional on CPU)"),
+              Check("kernels", True, __import__("engine.kernels", fromlist=["describe"]).describe()),
               _mediapipe_models(),
               _module("cv2", "pip install 'opencv-python-headless<5'"),
               _qt_binding(),

@@ -119,3 +119,59 @@ def test_floors_are_counted():
     text = format_floors() + format_kv_memory()
     for name in ("default", "laptop", "paper"):
         assert name in text
+
+
+def test_bench_without_gpu_says_so_and_exits_0(capsys):
+    from engine.kernels.bench import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the real benchmark runs")
+    assert main(["--kernels"]) == 0
+    assert main(["--engine", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU is needed" in out and "floor" in out and "paper" in out
+
+
+def test_bench_code_paths_run(triton_backend, monkeypatch):
+    """Dry run of the GPU benchmark's code on the tiny preset (interpreter
+    on the CPU), so the GPU session does not find its bugs."""
+    from engine.kernels.bench import bench_engine, bench_kernels, format_engine_rows, format_kernel_rows
+
+    ceil = {"flops": 1e12, "bytes": 1e11}
+    rows = bench_kernels("tiny", ceil, dtype=torch.float32, device=str(triton_backend))
+    assert {r["kernel"] for r in rows} >= {"attention (tables)", "ln_modulate", "kv_write (+k RMSNorm)"}
+    assert "attention" in format_kernel_rows(rows, ceil)
+    monkeypatch.setenv("KF_KERNELS", "torch")
+    eng = bench_engine("tiny", 1, False, ceil, dtype=torch.float32, device=str(triton_backend), warmup=1)
+    assert [r["path"] for r in eng] == ["torch", "triton"] and all("chunk_ms" in r for r in eng), eng
+    assert eng[1]["kv_cache_mib"] * 3 == pytest.approx(eng[0]["kv_cache_mib"] * 2)
+    assert "x torch" in format_engine_rows(eng)
+    import os
+
+    assert os.environ["KF_KERNELS"] == "torch"  # restored
+
+
+def test_block_rotates_from_positions_like_tables(triton_backend, monkeypatch):
+    """AttnSpec.t_pos (angles computed in the kernel) gives the same forward
+    as the stream's cos/sin tables."""
+    import dataclasses
+
+    from engine.model import AttnSpec
+
+    monkeypatch.setenv("KF_KERNELS", "triton")
+    p = get_preset("tiny")
+    model = build_model(p.model, init="random", seed=3).to(triton_backend).eval()
+    install(model, "triton")
+    _, stream = _run_stream(model, p.stream, 2, 3)  # a window with 3 committed frames
+    cache, plan = stream.cache, stream.plan()
+    cos, sin = stream.chunk_angles(plan)
+    tail, n_tail = cache.tail_offset, stream.F * stream.T
+    spec = AttnSpec(cos_q=cos[tail:], sin_q=sin[tail:], mask=cache.key_mask(n_tail), k_cache=cache.k, v_cache=cache.v,
+                    write_at=tail, n_keys=tail + n_tail, cos_k=cos, sin_k=sin)
+    frames = torch.rand(1, stream.F, p.model.frame_channels, p.model.height, p.model.width) * 2 - 1
+    sigma = torch.full((1, stream.F), 0.7)
+    with torch.no_grad():
+        a = model(frames, sigma, spec)
+        b = model(frames, sigma, dataclasses.replace(spec, t_pos=stream._key_positions(plan), cos_k=None, sin_k=None,
+                                                     cos_q=None, sin_q=None))
+    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
