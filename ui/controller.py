@@ -404,7 +404,8 @@ class Controller(QObject):
         choose_cam = ("Choose camera", lambda: (w.camera_combo.setFocus(), w.camera_combo.showPopup()))
         choose_mic = ("Choose microphone", lambda: (w.mic_combo.setFocus(), w.mic_combo.showPopup()))
         return {
-            "no_camera": [("Use microphone only", lambda: self.set_mode("mic")),
+            "no_camera": [("Use a video file…", self.choose_video),
+                          ("Use microphone only", lambda: self.set_mode("mic")),
                           ("Check again", self.watcher.refresh)],
             "camera_failed": [choose_cam],
             "source_lost": [choose_cam],

@@ -506,7 +506,8 @@ class SessionBridge(QObject):
                 wanted = opts.camera.name if opts.camera else ""
                 self._notify("warning", "no_camera",
                              f"Camera '{wanted}' is not connected" if wanted else "No camera found",
-                             "plug in a webcam, or switch the mode to 'Microphone only'; "
+                             "plug in a webcam, choose a video file (Video…), or switch the "
+                             "mode to 'Microphone only'; "
                              "the avatar keeps streaming with idle motion")
             else:
 

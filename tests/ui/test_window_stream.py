@@ -155,6 +155,7 @@ def test_no_camera_and_no_vcam_driver_banners_stream_still_runs(qtbot, make_wind
     no_cam = w.banners.banner("no_camera")
     assert no_cam is not None and no_cam.level == "warning", w.banners.codes()
     assert "no camera" in no_cam.message.lower() and "Use microphone only" in no_cam.buttons
+    assert "Use a video file…" in no_cam.buttons and "Video…" in no_cam.hint
     # The stream runs on idle motion: frames keep reaching the preview.
     qtbot.waitUntil(lambda: w.preview.frames_shown >= 10, timeout=30_000)
 
