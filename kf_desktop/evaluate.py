@@ -144,7 +144,8 @@ def _pingpong(n_src: int, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants: Sequence[str] = VARIANTS,
              max_frames: int | None = 250, drift_seconds: float = 600.0, portraits: Sequence[str] | None = None,
-             seed: int = 0, progress=_print) -> dict[str, Any]:
+             seed: int = 0, progress=_print,
+             drift_variants: Sequence[str] = ("generator", "guide_only")) -> dict[str, Any]:
     from kf_desktop.face import FaceAnalyzer
     from kf_desktop.portrait import load_portrait
 
@@ -236,7 +237,7 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
             if pi == 0:
                 sheet.append((f"{Path(path).stem} {v}", frames))
             # drift over a long run (held-out motion played back and forth)
-            if drift_seconds > 0 and pi == 0:
+            if drift_seconds > 0 and pi == 0 and v in drift_variants:
                 n_long = int(round(drift_seconds * clip.fps))
                 idx = _pingpong(len(drive), n_long)
                 every = max(1, int(round(clip.fps)))  # identity sampled once per second
@@ -365,6 +366,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "kf-desktop eval") -> in
     ap.add_argument("--drift-seconds", type=float, default=600.0, help="length of the drift run (0 = skip)")
     ap.add_argument("--portraits", nargs="*", default=None, help="unseen portraits (default resources/portraits/*.png)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--drift-variants", nargs="+", default=["generator", "guide_only"], choices=VARIANTS,
+                    help="variants that get the long drift run (each costs drift-seconds of video)")
     ap.add_argument("--record", action="store_true",
                     help="write the generator-vs-guide-only summary into the weights' config.json "
                          "(what --mode auto reads to decide whether the model beats the warp)")
@@ -373,7 +376,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "kf-desktop eval") -> in
 
     weights = a.weights or default_weights_dir()
     res = evaluate(a.data, weights, a.out, variants=a.variants,
-                   max_frames=a.max_frames or None, drift_seconds=a.drift_seconds, portraits=a.portraits)
+                   max_frames=a.max_frames or None, drift_seconds=a.drift_seconds, portraits=a.portraits,
+                   drift_variants=a.drift_variants)
     if a.record:
         path = record_evaluation(weights, res)
         print(f"recorded the evaluation summary in {path}")
