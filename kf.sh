@@ -4,7 +4,8 @@
 #                  (window with a display; without one, render the demo to mp4)
 #   ./kf.sh test   install everything if needed, then run the whole test suite
 # Both are idempotent: the second time they skip every install step that is
-# already done (a stamp of pyproject.toml + this script guards the venv).
+# already done (a stamp of pyproject.toml, constraints.txt and this script
+# guards the venv).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$PWD"
@@ -47,7 +48,7 @@ pip_quiet() {
 install_python() {
   local stamp_file="$VENV/.kf-stamp"
   local stamp
-  stamp="$(cat pyproject.toml kf.sh | sha256sum | cut -d' ' -f1)"
+  stamp="$(cat pyproject.toml constraints.txt kf.sh | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
     return 0
   fi
@@ -55,11 +56,13 @@ install_python() {
     log "creating virtual environment in .venv"
     "$PY" -m venv "$VENV"
   fi
-  local PIP=(pip_quiet install -q --disable-pip-version-check)
+  # constraints.txt: the exact versions the test suite passed with (refresh:
+  # .venv/bin/python scripts/freeze_constraints.py > constraints.txt).
+  local PIP=(pip_quiet install -q --disable-pip-version-check -c "$ROOT/constraints.txt")
   # Pin torch first: an unpinned resolver would pull GBs of CUDA wheels.
   log "installing torch==2.13.0"
   "${PIP[@]}" "torch==2.13.0"
-  log "installing kf-desktop and its dependencies"
+  log "installing kf-desktop and its dependencies (tested versions: constraints.txt)"
   "${PIP[@]}" -e ".[test,eval]"
   # mediapipe 0.10.21 is the last release that ships its face models; its
   # metadata drags in jax and a second OpenCV, so its real runtime deps are in

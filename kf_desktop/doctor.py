@@ -79,6 +79,13 @@ def _qt_binding() -> Check:
     return Check("PySide6", ok, detail, fix)
 
 
+def _versions() -> Check:
+    from kf_desktop.versions import check
+
+    ok, detail, fix = check()
+    return Check("tested versions", ok, detail, fix, optional=True)
+
+
 def _cameras() -> Check:
     from kf_desktop.sources import list_cameras
 
@@ -144,7 +151,7 @@ def collect() -> list[Check]:
               _module("cv2", "pip install 'opencv-python-headless<5'"),
               _qt_binding(),
               _module("pyvirtualcam", "pip install pyvirtualcam"),
-              _ffmpeg(), _data(), _model(), _cameras(), _microphones(), _vcam()]
+              _versions(), _ffmpeg(), _data(), _model(), _cameras(), _microphones(), _vcam()]
     return checks
 
 
