@@ -8,7 +8,8 @@
   memory, big tiles, 3 stages) and Ampere/Ada (sm80/86/89: 100-164 KB,
   smaller key tiles, 2 stages). Configurations that do not fit a card are
   dropped by the autotuner (it skips ``OutOfResources``). Under the
-  interpreter there is no tuning: one small fixed configuration.
+  interpreter, or with KF_TRITON_AUTOTUNE=0 (the GPU tests: many shapes, no
+  time to tune each), there is no tuning: one fixed configuration.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class LazyKernel:
 
         if self._built is None:
             jitted = triton.jit(self.fn)
-            cfgs = [] if interpreting() or self.configs is None else list(self.configs(gpu_family()))
+            tune = os.environ.get("KF_TRITON_AUTOTUNE", "1").strip() not in ("0", "false", "no")
+            cfgs = [] if interpreting() or self.configs is None or not tune else list(self.configs(gpu_family()))
             if cfgs:
                 tuned = triton.autotune(
                     configs=[
