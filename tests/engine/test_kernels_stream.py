@@ -61,7 +61,7 @@ def _run_stream(model, cfg: StreamConfig, n_chunks: int, seed: int) -> tuple[lis
     out = []
     for gd in guides:
         if stream.feed_encoded(gd) is not None:
-            out.append(stream.last_committed_encoded.clone().double())  # codec space: no clamping hides errors
+            out.append(stream.last_committed_encoded.double().cpu())  # codec space: no clamping hides errors
     return out, stream
 
 
@@ -168,8 +168,9 @@ def test_block_rotates_from_positions_like_tables(triton_backend, monkeypatch):
     tail, n_tail = cache.tail_offset, stream.F * stream.T
     spec = AttnSpec(cos_q=cos[tail:], sin_q=sin[tail:], mask=cache.key_mask(n_tail), k_cache=cache.k, v_cache=cache.v,
                     write_at=tail, n_keys=tail + n_tail, cos_k=cos, sin_k=sin)
-    frames = torch.rand(1, stream.F, p.model.frame_channels, p.model.height, p.model.width) * 2 - 1
-    sigma = torch.full((1, stream.F), 0.7)
+    frames = torch.rand(1, stream.F, p.model.frame_channels, p.model.height, p.model.width,
+                        device=triton_backend) * 2 - 1
+    sigma = torch.full((1, stream.F), 0.7, device=triton_backend)
     with torch.no_grad():
         a = model(frames, sigma, spec)
         b = model(frames, sigma, dataclasses.replace(spec, t_pos=stream._key_positions(plan), cos_k=None, sin_k=None,
