@@ -230,7 +230,8 @@ class HeldVirtualCameraSink(VirtualCameraSink):
                         self._hold_sent += 1
                         lat = (t_sent - send[1]) * 1000.0
                         self._latency_ms.append(lat)
-                        self._delays.append(lat)
+                        if target is not None:  # the held delay, not the warm-up's
+                            self._delays.append(lat)
                     elif kind == "repeat":
                         self._frames_repeated += 1
                     else:

@@ -95,6 +95,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_live(args)
 
 
+def av_trim_value(text: str) -> float:
+    from kf_desktop.audio.virtual_mic import TRIM_MAX_MS, TRIM_MIN_MS
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not TRIM_MIN_MS <= v <= TRIM_MAX_MS:
+        raise argparse.ArgumentTypeError(f"must be {TRIM_MIN_MS:g}..{TRIM_MAX_MS:g} ms, got {text}")
+    return v
+
+
+def video_delay_value(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 <= v <= 1000:
+        raise argparse.ArgumentTypeError(f"must be 0..1000 ms, got {text}")
+    return v
+
+
+def _cmd_avsync(args: argparse.Namespace) -> int:
+    from kf_desktop.avsync import main as avsync_main
+
+    return avsync_main(args.rest)
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from kf_desktop.doctor import run_doctor
 
@@ -209,8 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--size", type=parse_size, default=(1280, 720))
     rn.add_argument("--fps", type=fps_value, default=30.0, help="output fps, 1-120")
     rn.add_argument("--seconds", type=seconds_value, help="stop after this long")
+    rn.add_argument("--virtual-mic", action="store_true",
+                    help="lips in sync in the call: hold the video to a constant delay and "
+                         "play the microphone, delayed as much, into a virtual microphone "
+                         "('kf-desktop microphone'; select it in the meeting app)")
+    rn.add_argument("--av-trim", type=av_trim_value, default=0.0, metavar="MS",
+                    help="with --virtual-mic: extra audio delay, -200..300 ms (default 0)")
+    rn.add_argument("--video-delay", type=video_delay_value, default=None, metavar="MS",
+                    help="with --virtual-mic: fixed video delay in ms (default: measured "
+                         "pipeline latency + a margin)")
     _add_model_args(rn)
     rn.set_defaults(func=_cmd_run)
+
+    av = sub.add_parser("avsync-check", help="measure lips vs the delayed virtual microphone "
+                        "(private PulseAudio server, tone bursts)", add_help=False)
+    av.add_argument("rest", nargs=argparse.REMAINDER, help="arguments (try --help)")
+    av.set_defaults(func=_cmd_avsync)
 
     dr = sub.add_parser("doctor", help="check this machine and suggest fixes")
     dr.set_defaults(func=_cmd_doctor)
@@ -248,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PASSTHROUGH = ("dataset", "train", "eval")
+PASSTHROUGH = ("dataset", "train", "eval", "avsync-check")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in PASSTHROUGH:
         # These commands own their options (argparse REMAINDER would not pass
         # a leading --flag through).
-        args = argparse.Namespace(command=argv[0], rest=argv[1:], func=_cmd_passthrough)
+        args = argparse.Namespace(command=argv[0], rest=argv[1:],
+                                  func=_cmd_avsync if argv[0] == "avsync-check" else _cmd_passthrough)
     else:
         args = parser.parse_args(argv)
     if not getattr(args, "func", None):

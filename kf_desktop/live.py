@@ -74,7 +74,24 @@ def run_live(args: argparse.Namespace) -> int:
         audio_factory = lambda: MicSource(name)  # noqa: E731
 
     sinks = []
-    if args.vcam:
+    vmic = None
+    if getattr(args, "virtual_mic", False):
+        # Lips in sync in the call: frames held to a constant delay, the
+        # microphone played into a virtual mic by exactly as much.
+        from kf_desktop.audio.virtual_mic import DEFAULT_AUDIO_LAG_MS, VirtualMicSink
+        from kf_desktop.av_delay import HeldVirtualCameraSink
+
+        if audio_factory is None:
+            print("[warning] --virtual-mic needs --mic (or --audio): no virtual microphone",
+                  file=sys.stderr, flush=True)
+        vcam = HeldVirtualCameraSink(w, h, args.fps, delay_ms=getattr(args, "video_delay", None)) \
+            if args.vcam else None
+        if vcam is not None:
+            sinks.append(vcam)
+        if audio_factory is not None:
+            vmic = VirtualMicSink(getattr(args, "av_trim", 0.0) or 0.0)
+            sinks.append(vmic)
+    elif args.vcam:
         sinks.append(VirtualCameraSink(w, h, args.fps))
     if args.record:
         # realtime: placed by capture time, so the file plays at wall-clock speed
@@ -102,8 +119,11 @@ def run_live(args: argparse.Namespace) -> int:
     config = SessionConfig(portrait=args.portrait, source_factory=source_factory,
                            out_size=(w, h), fps=args.fps, device=device,
                            generator_factory=generator_factory, audio_factory=audio_factory,
-                           idle_motion=IdleMotion(seed=0))
+                           idle_motion=IdleMotion(seed=0),
+                           audio_lag_ms=DEFAULT_AUDIO_LAG_MS if vmic is not None else None)
     session = Session(config, sinks, on_event=on_event)
+    if vmic is not None:
+        vmic.attach(session, vcam)
     stop = threading.Event()
 
     def on_signal(signum: int) -> None:
@@ -127,6 +147,14 @@ def run_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync_notes(snap: dict) -> tuple[str | None, ...]:
+    """Held video delay + jitter and the virtual microphone, when in use."""
+    from kf_desktop.audio.virtual_mic import vmic_summary
+    from kf_desktop.av_delay import hold_summary
+
+    return hold_summary(snap), vmic_summary(snap)
+
+
 def _stream(session: Session, args: argparse.Namespace, stop: threading.Event,
             w: int, h: int, refused: list[str]) -> None:
     try:
@@ -140,7 +168,8 @@ def _stream(session: Session, args: argparse.Namespace, stop: threading.Event,
         while not stop.wait(1.0) and time.monotonic() < t_end:
             snap = session.snapshot()
             notes = tuple(n for n in (faces.note(snap, time.monotonic()),
-                                      "GUIDE-ONLY (model refused)" if refused else None) if n)
+                                      "GUIDE-ONLY (model refused)" if refused else None,
+                                      *_sync_notes(snap)) if n)
             print(status_line(snap, notes), file=sys.stderr, flush=True)
     finally:
         session.stop()

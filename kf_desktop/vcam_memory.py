@@ -32,8 +32,12 @@ class MemoryVcam:
     """
 
     def __init__(self, keep_last: int = 64, fail_after: int | None = None,
-                 device_name: str = "kf-mem-cam", name: str = "kf_test_mem") -> None:
+                 device_name: str = "kf-mem-cam", name: str = "kf_test_mem",
+                 on_frame=None) -> None:
         self.keep_last = keep_last
+        #: ``on_frame(image, send_time)`` for every sent frame, on the sender's
+        #: thread (measurements that must not keep whole frames).
+        self.on_frame = on_frame
         self.fail_after = fail_after
         self.device_name = device_name
         self.instances: list = []
@@ -69,6 +73,8 @@ class MemoryVcam:
                     self.count += 1
                     self.frames.append(img)
                     self.send_times.append(time.monotonic())
+                if owner.on_frame is not None:
+                    owner.on_frame(img, self.send_times[-1])
 
             def close(self) -> None:
                 self.closed = True

@@ -178,6 +178,26 @@ class LipSync:
         k = min(max(k, 0), len(self._out) - 1)
         return self._out[k][1]
 
+    def shape_at(self, t: float, stale_s: float = 0.15) -> MouthShape:
+        """Like ``at`` but linearly interpolated between the two shapes around
+        ``t`` (no 10 ms hop quantisation: a fixed-lag reader gets the mouth of
+        exactly audio time ``t``)."""
+        if not self._out:
+            return CLOSED
+        t_last, last = self._out[-1]
+        if t >= t_last:
+            return CLOSED if t - t_last > stale_s else last
+        t0 = self._out[0][0]
+        x = (t - t0) / self.hop_s
+        if x <= 0:
+            return self._out[0][1]
+        k = min(int(x), len(self._out) - 2)
+        w = x - k
+        a, b = self._out[k][1], self._out[k + 1][1]
+        return MouthShape(a.jaw_open + w * (b.jaw_open - a.jaw_open),
+                          a.lip_width + w * (b.lip_width - a.lip_width),
+                          a.rounding + w * (b.rounding - a.rounding))
+
     @property
     def latency_s(self) -> float:
         """Audio-to-shape algorithmic latency: half the analysis window (the

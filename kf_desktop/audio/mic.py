@@ -520,6 +520,43 @@ class MicSource:
                 out[:] = 0.0
         return out
 
+    # -- by sample index (a second, independent reader: the virtual microphone) --
+    def sample_index(self, t: float) -> float | None:
+        """Position (in 16 kHz samples, fractional) of time ``t`` in this
+        source's continuous sample stream; None before the first block. The
+        stream stays continuous across a device loss (silence fills the gap)."""
+        with self._lock:
+            try:
+                self._pump()
+            except Exception:  # noqa: BLE001
+                pass
+            if self._offset is None:
+                return None
+            return (t - self._offset) * self.samplerate
+
+    @property
+    def samples_written(self) -> int:
+        """16 kHz samples in the stream so far (after pumping the device ring)."""
+        with self._lock:
+            try:
+                self._pump()
+            except Exception:  # noqa: BLE001
+                pass
+            return self._out.written
+
+    def read_span(self, start: int, n: int) -> np.ndarray:
+        """16 kHz samples ``[start, start + n)`` of the stream by index; zeros
+        where none exist (not captured yet, or older than ``buffer_s``). Does
+        not move ``read_new``'s cursor."""
+        out = np.zeros(max(0, int(n)), dtype=np.float32)
+        with self._lock:
+            try:
+                self._pump()
+                self._out.read_into(int(start), out)
+            except Exception:  # noqa: BLE001
+                out[:] = 0.0
+        return out
+
     def stats(self) -> dict:
         cap = self._cap
         return {"source": "mic", "name": self.name, "native_rate": self.native_samplerate,

@@ -123,10 +123,16 @@ class AudioMotion:
     LipSync latency (half an analysis window + look-ahead) plus the device's
     input latency. When audio stops (device lost, file ended) the mouth
     closes after 150 ms instead of freezing.
+
+    ``fixed_lag_ms``: show instead the mouth of audio time ``t - lag``
+    exactly (interpolated), so every frame's mouth is a known time behind
+    its timestamp; the delayed virtual microphone relies on that. The lag
+    must cover the LipSync latency plus the audio block delivery (~45 ms);
+    while the shape for ``t - lag`` is not there yet the newest one is shown.
     """
 
     def __init__(self, source, idle=None, lookahead_ms: float = 40.0, seed: int = 0,
-                 speech_nods: bool = True) -> None:
+                 speech_nods: bool = True, fixed_lag_ms: float | None = None) -> None:
         from kf_desktop.idle_motion import IdleMotion
 
         self.source = source
@@ -134,7 +140,9 @@ class AudioMotion:
         self.lipsync = LipSync(lookahead_ms=lookahead_ms)
         self.speech_nods = speech_nods
         self.mouth = CLOSED
-        self.mouth_time: float | None = None  # audio time of ``mouth``
+        self.mouth_time: float | None = None  # audio time of the newest shape
+        self.fixed_lag_s = None if fixed_lag_ms is None else fixed_lag_ms / 1000.0
+        self.lag_misses = 0
 
     def poll(self) -> None:
         x, t_end = self.source.read_new()
@@ -146,7 +154,15 @@ class AudioMotion:
 
     def __call__(self, t: float):
         self.poll()
-        if self.mouth_time is not None and t - self.mouth_time < 0.15 + self.lipsync.latency_s + 0.1:
+        if self.fixed_lag_s is not None:
+            tq = t - self.fixed_lag_s
+            if self.mouth_time is not None and tq - self.mouth_time < 0.15:
+                if tq > self.mouth_time:
+                    self.lag_misses += 1  # audio arrived later than the lag allows
+                self.mouth = self.lipsync.shape_at(min(tq, self.mouth_time))
+            else:
+                self.mouth = CLOSED
+        elif self.mouth_time is not None and t - self.mouth_time < 0.15 + self.lipsync.latency_s + 0.1:
             self.mouth = self.lipsync.at(self.mouth_time)
         else:
             self.mouth = CLOSED

@@ -239,6 +239,27 @@ class WavSource:
             out[: end_avail - start] = seg
         return out
 
+    # -- by sample index (same API as MicSource) ------------------------------
+    def sample_index(self, t: float) -> float | None:
+        """Position of time ``t`` in 16 kHz samples of the (looped) stream."""
+        self._require_open()
+        return (t - self._t0) * self.samplerate
+
+    @property
+    def samples_written(self) -> int:
+        return self._available()
+
+    def read_span(self, start: int, n: int) -> np.ndarray:
+        """Samples ``[start, start + n)`` by index; zeros where none are
+        available yet (or before the start / past the end of the file)."""
+        self._require_open()
+        n = max(0, int(n))
+        out = np.zeros(n, dtype=np.float32)
+        end = min(int(start) + n, self._available())
+        if end > start:
+            out[:end - int(start)] = self._take(int(start), end - int(start))
+        return out
+
     def stats(self) -> dict:
         return {"source": "wav", "name": self.name, "realtime": self.realtime,
                 "loop": self.loop, "duration_s": self.duration_s,
