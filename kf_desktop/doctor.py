@@ -111,6 +111,18 @@ def _microphones() -> Check:
                  "plug in a microphone; on Linux check `pactl list sources short`")
 
 
+def _virtual_mic() -> Check:
+    """The delayed virtual microphone (`run --virtual-mic`): Linux makes it
+    with pactl; Windows/macOS need VB-Audio Virtual Cable / BlackHole."""
+    try:
+        from kf_desktop.audio.virtual_mic import check_virtual_mic
+
+        ok, detail, fix = check_virtual_mic()
+    except Exception as e:  # noqa: BLE001
+        ok, detail, fix = False, f"{type(e).__name__}: {e}", ""
+    return Check("virtual mic", ok, detail, fix, optional=True)
+
+
 def _vcam() -> Check:
     from kf_desktop.sinks import probe_virtual_camera
 
@@ -151,7 +163,8 @@ def collect() -> list[Check]:
               _module("cv2", "pip install 'opencv-python-headless<5'"),
               _qt_binding(),
               _module("pyvirtualcam", "pip install pyvirtualcam"),
-              _versions(), _ffmpeg(), _data(), _model(), _cameras(), _microphones(), _vcam()]
+              _versions(), _ffmpeg(), _data(), _model(), _cameras(), _microphones(), _vcam(),
+              _virtual_mic()]
     return checks
 
 
