@@ -121,6 +121,9 @@ class Session:
         self._started_sinks: list[FrameSink] = []
         self._active_sinks: list[FrameSink] = []
         self._sink_retry: dict[int, list] = {}  # id(sink) -> [sink, attempts, due]
+        self._overloaded = False
+        self._next_overload_check = 0.0
+        self._output_started = 0.0
         self._running = False
         self._audio = None
         self._audio_motion: Callable[[float], MotionParams] | None = None
@@ -186,6 +189,8 @@ class Session:
             raise
         self._active_sinks = list(self._started_sinks)
         self._sink_retry = {}
+        self._overloaded = False
+        self._output_started = time.monotonic()
         self._stop.clear()
         self._running = True
         self._next_open = float("inf")
@@ -221,6 +226,11 @@ class Session:
             raise RuntimeError(f"threads did not stop in {timeout}s: {alive}")
 
     def _release(self) -> None:
+        if self._overloaded:  # undo the shedding for the next start
+            self._overloaded = False
+            for sink in self._started_sinks:
+                if hasattr(sink, "set_max_fps"):
+                    sink.set_max_fps(None)
         readers = self._retired + ([self._reader] if self._reader is not None else [])
         self._reader, self._retired = None, []
         for r in readers:
@@ -547,6 +557,13 @@ class Session:
             signal = self._drive_q.get(timeout=0.1)
             if signal is None:
                 continue
+            if self._overloaded:
+                # Behind: render only the newest signal, skip the guide for
+                # the older one (it would be stale by the time it is shown).
+                newer = self._drive_q.get(timeout=0)
+                while newer is not None:
+                    self.stats.count("shed_engine")
+                    signal, newer = newer, self._drive_q.get(timeout=0)
             try:
                 frames = renderer.step(signal)
             except Exception as e:
@@ -571,10 +588,43 @@ class Session:
                     self._emit("error", "output_error", f"output problem: {e}", "see the log")
                 self._stop.wait(0.05)
 
+    #: Overload: output below this share of the nominal rate (over the
+    #: stats horizon) sheds work; at or above ``OVERLOAD_CLEAR`` it stops.
+    OVERLOAD_ENTER = 0.7
+    OVERLOAD_CLEAR = 0.9
+    #: Preview rate while overloaded (the virtual camera keeps its own rate).
+    OVERLOAD_PREVIEW_FPS = 10.0
+
+    def _check_overload(self, now: float) -> None:
+        if now < self._next_overload_check:
+            return
+        self._next_overload_check = now + 1.0
+        rate = self.stats.rate("output", now)
+        if self._paused.is_set() or rate is None or now - self._output_started < 3.0:
+            return
+        nominal = self.config.fps
+        if not self._overloaded and rate < self.OVERLOAD_ENTER * nominal:
+            self._overloaded = True
+            for sink in self._started_sinks:
+                if hasattr(sink, "set_max_fps"):
+                    sink.set_max_fps(min(self.OVERLOAD_PREVIEW_FPS, nominal))
+            self.stats.count("overloaded")
+            self._emit("info", "overloaded",
+                       f"the engine makes {rate:.0f} of {nominal:g} fps: it skips stale frames "
+                       f"and the preview runs at {self.OVERLOAD_PREVIEW_FPS:g} fps",
+                       "close other busy programs, or lower the output size")
+        elif self._overloaded and rate >= self.OVERLOAD_CLEAR * nominal:
+            self._overloaded = False
+            for sink in self._started_sinks:
+                if hasattr(sink, "set_max_fps"):
+                    sink.set_max_fps(None)
+            self._emit("info", "overload_cleared", f"the engine keeps up again ({rate:.0f} fps)")
+
     def _output_step(self) -> None:
         frame = self._out_q.get(timeout=0.1)
         now = time.monotonic()
         self._service_sinks(now)
+        self._check_overload(now)
         if frame is None:
             return
         with Timer(self.stats, "output"):

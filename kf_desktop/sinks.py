@@ -232,7 +232,11 @@ class VirtualCameraSink:
     # ---- producer side ----------------------------------------------------
     def submit(self, image: np.ndarray, capture_ts: float) -> None:
         check_image(image)
-        img = np.array(image, copy=True, order="C")  # the caller may reuse its buffer
+        # Pre-convert here, on the caller's thread: the sender thread only
+        # sends (it must keep its cadence while the rest of the app is busy).
+        img = self._prepare(image)
+        if img is image or not img.flags.owndata:
+            img = np.array(img, copy=True, order="C")  # the caller may reuse its buffer
         with self._lock:
             if self._latest is not None and self._latest[2] > self._sent_seq:
                 self._frames_dropped += 1
@@ -251,7 +255,43 @@ class VirtualCameraSink:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
 
+    #: Linux: the sender asks for SCHED_RR at this real-time priority (it
+    #: sleeps between frames, so it cannot starve anything), else for this
+    #: nice value; both need CAP_SYS_NICE / an rtprio limit, else it keeps the
+    #: default. ``KF_VCAM_PRIORITY=default`` turns this off.
+    SENDER_RT_PRIORITY = 5
+    SENDER_NICE = -10
+
+    def _raise_priority(self) -> None:
+        self._priority = "default"
+        want = os.environ.get("KF_VCAM_PRIORITY", "rt")
+        if want == "default":
+            return
+        if platform.system() == "Linux":
+            if want == "rt" and hasattr(os, "sched_setscheduler"):
+                try:  # pid 0 = the calling thread on Linux
+                    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(self.SENDER_RT_PRIORITY))
+                    self._priority = f"SCHED_RR {self.SENDER_RT_PRIORITY}"
+                    return
+                except (OSError, AttributeError):
+                    pass
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.SENDER_NICE)
+                self._priority = f"nice {self.SENDER_NICE}"
+            except OSError:
+                pass  # not permitted: keep the default
+        elif platform.system() == "Windows":
+            try:
+                import ctypes
+
+                k32 = ctypes.windll.kernel32
+                if k32.SetThreadPriority(k32.GetCurrentThread(), 2):  # THREAD_PRIORITY_HIGHEST
+                    self._priority = "highest"
+            except Exception:
+                pass
+
     def _run(self) -> None:
+        self._raise_priority()
         period = 1.0 / self.fps
         cam = self._cam
         current = self._placeholder
@@ -271,7 +311,7 @@ class VirtualCameraSink:
                 if fresh:
                     self._sent_seq = latest[2]
             if fresh:
-                current = self._prepare(latest[0])
+                current = latest[0]  # already letterboxed/mirrored by submit()
             try:
                 cam.send(current)
             except Exception as e:
@@ -293,7 +333,14 @@ class VirtualCameraSink:
     def stats(self) -> dict:
         with self._lock:
             times = list(self._send_times)
-            send_fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
+            send_fps = 0.0
+            if len(times) >= 2 and times[-1] > times[0]:
+                # Up to now: a sender that stopped reports a falling rate.
+                now = time.monotonic()
+                span = times[-1] - times[0]
+                if now - times[-1] > 1.5 / self.fps:
+                    span = now - times[0]
+                send_fps = (len(times) - 1) / span
             return {
                 "running": self._thread is not None and not self.failed,
                 "backend": self._backend_name,
@@ -306,6 +353,7 @@ class VirtualCameraSink:
                 "frames_submitted": self._frames_submitted,
                 "frames_dropped": self._frames_dropped,
                 "send_fps": send_fps,
+                "sender_priority": getattr(self, "_priority", None),
                 "latency_ms": _percentiles(self._latency_ms),
                 "last_error": self._last_error,
             }
@@ -833,19 +881,42 @@ class RecorderSink:
 class PreviewSink:
     """Calls ``callback(image, capture_ts)`` synchronously on the submitting
     thread (the GUI marshals to its own thread). A callback exception is
-    logged and counted, not raised: a preview bug must not stop the camera."""
+    logged and counted, not raised: a preview bug must not stop the camera.
 
-    def __init__(self, callback: Callable[[np.ndarray, float], None]) -> None:
+    ``set_max_fps(n)`` caps how often the callback runs (frames in between
+    are skipped, ``frames_skipped``); the session lowers it while the engine
+    cannot keep up, so the preview's painting does not take CPU from the
+    virtual camera. ``None`` = every frame."""
+
+    def __init__(self, callback: Callable[[np.ndarray, float], None],
+                 max_fps: float | None = None) -> None:
         self.callback = callback
         self._frames = 0
+        self._skipped = 0
         self._errors = 0
         self._last_error: str | None = None
+        self._max_fps = max_fps
+        self._last_shown = float("-inf")
+
+    def set_max_fps(self, fps: float | None) -> None:
+        self._max_fps = fps
+
+    @property
+    def max_fps(self) -> float | None:
+        return self._max_fps
 
     def start(self) -> None:
         pass
 
     def submit(self, image: np.ndarray, capture_ts: float) -> None:
         self._frames += 1
+        if self._max_fps:
+            now = time.monotonic()
+            # 0.9: a frame arriving a little early still counts as on time
+            if now - self._last_shown < 0.9 / self._max_fps:
+                self._skipped += 1
+                return
+            self._last_shown = now
         try:
             self.callback(image, capture_ts)
         except Exception as e:
@@ -859,6 +930,7 @@ class PreviewSink:
 
     def stats(self) -> dict:
         return {"frames_submitted": self._frames, "frames": self._frames, "errors": self._errors,
+                "frames_skipped": self._skipped, "max_fps": self._max_fps,
                 "last_error": self._last_error}
 
 

@@ -502,3 +502,29 @@ def test_reported_output_rate_falls_to_zero_while_paused(portrait):
         assert _wait_for(lambda: s.snapshot()["fps"].get("output", 0) > 0.5)
         s.set_paused(True)
         assert _wait_for(lambda: s.snapshot()["fps"].get("output", 1) == 0.0, timeout=15)
+
+
+def test_overload_sheds_stale_frames_and_lowers_the_preview_rate(portrait, data_file):
+    """Issue 13 item 6: an engine that cannot keep up (here: the real guide
+    with 0.2 s more work per frame) skips stale signals and the preview is
+    throttled instead of everything falling behind; it says so once."""
+    from kf_desktop.generators import GuideOnlyGenerator
+    from kf_desktop.sinks import PreviewSink
+
+    class SlowGenerator(GuideOnlyGenerator):
+        def push(self, guide):
+            time.sleep(0.2)
+            return super().push(guide)
+
+    clip = data_file("cap13_edit2.mp4")
+    preview = PreviewSink(lambda img, ts: None)
+    cfg = SessionConfig(portrait=portrait, out_size=OUT, fps=30,
+                        generator_factory=SlowGenerator,
+                        source_factory=lambda: VideoFileSource(clip, realtime=True, loop=True))
+    with Session(cfg, [preview, NullSink()]) as s:
+        assert _wait_for(lambda: "overloaded" in _codes(s), timeout=30)
+        assert preview.max_fps == Session.OVERLOAD_PREVIEW_FPS
+        assert _wait_for(lambda: s.snapshot()["counters"].get("shed_engine", 0)
+                         + s.snapshot()["counters"].get("shed_capture", 0) > 0)
+    assert _codes(s).count("overloaded") == 1
+    assert preview.max_fps is None  # undone at stop

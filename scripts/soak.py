@@ -1,0 +1,184 @@
+"""Long-running check of the live session (not part of CI; issue 13).
+
+    .venv/bin/python scripts/soak.py --minutes 20 [--hog 1] [--size 1280x720] [--fps 30]
+
+Runs the real session for N minutes: a file-driven source (the fetched test
+clip, looping in real time), the real guide/paste-back engine, a real
+``pyvirtualcam.Camera`` on the in-memory backend (kf_desktop/vcam_memory.py)
+and a preview-like sink. ``--hog K`` runs K busy-looping processes (one core
+each) for the whole run. Every ``--every`` seconds it prints RSS, the output
+rate, the virtual camera's cadence (frames really sent per second, and the
+largest gap between two sends), and the events since the last line; at the
+end a summary: RSS growth over the last half (or the last 10 minutes), the
+worst window, the largest gap, gaps over 2 frame periods, and all events.
+Exit status 1 if a worker thread died or the virtual camera stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kf_desktop.cli import DEFAULT_PORTRAIT, parse_size  # noqa: E402
+from kf_desktop.data import data_path  # noqa: E402
+from kf_desktop.idle_motion import IdleMotion  # noqa: E402
+from kf_desktop.session import Session, SessionConfig  # noqa: E402
+from kf_desktop.sinks import PreviewSink, VirtualCameraSink  # noqa: E402
+from kf_desktop.sources import VideoFileSource  # noqa: E402
+from kf_desktop.vcam_memory import MemoryVcam  # noqa: E402
+
+
+def _hog() -> None:  # pragma: no cover - runs in a child process
+    x = 0
+    while True:
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--hog", type=int, default=0, help="busy-looping processes (cores) to add")
+    ap.add_argument("--size", type=parse_size, default=(1280, 720))
+    ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--every", type=float, default=30.0, help="seconds between report lines")
+    ap.add_argument("--clip", default=None, help="driving video (default: the fetched test clip)")
+    ap.add_argument("--portrait", default=str(DEFAULT_PORTRAIT))
+    ap.add_argument("--json", help="also write the summary as JSON to this file")
+    args = ap.parse_args(argv)
+
+    clip = Path(args.clip) if args.clip else data_path("cap13_edit2.mp4")
+    w, h = args.size
+    period = 1.0 / args.fps
+    hogs = [multiprocessing.Process(target=_hog, daemon=True) for _ in range(args.hog)]
+    for p in hogs:
+        p.start()
+
+    vc = MemoryVcam(keep_last=1, name="kf_soak_mem")
+    vc.register()
+    previews = Counter()
+    vcam = VirtualCameraSink(w, h, args.fps, backend=vc.name)
+    preview = PreviewSink(lambda img, ts: previews.update(n=1))
+    events: list = []
+    cfg = SessionConfig(portrait=args.portrait, out_size=(w, h), fps=args.fps,
+                        source_factory=lambda: VideoFileSource(clip, realtime=True, loop=True),
+                        idle_motion=IdleMotion(seed=0))
+    session = Session(cfg, [vcam, preview], on_event=events.append)
+    print(f"soak: {args.minutes:g} min, {w}x{h} @ {args.fps:g} fps, hog {args.hog} core(s), "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
+    session.start()
+    t_start = time.monotonic()
+    t_end = t_start + args.minutes * 60.0
+    rows = []
+    all_gaps_over_2 = 0
+    largest_gap = 0.0
+    last_send = None
+    n_events = 0
+    crashed = False
+    try:
+        while time.monotonic() < t_end:
+            time.sleep(min(args.every, max(0.0, t_end - time.monotonic())))
+            now = time.monotonic()
+            times = _drain_backend(vc)
+            if last_send is not None:
+                times = [last_send] + times
+            gaps = np.diff(times) if len(times) >= 2 else np.array([])
+            if len(times):
+                last_send = times[-1]
+            window = args.every if not rows else now - rows[-1]["t"] - t_start
+            sent = len(gaps)
+            snap = session.snapshot()
+            new_events = events[n_events:]
+            n_events = len(events)
+            row = {
+                "t": now - t_start,
+                "rss_mb": rss_mb(),
+                "output_fps": snap["fps"].get("output", 0.0),
+                "engine_fps": snap["fps"].get("engine", 0.0),
+                "vcam_fps": sent / window if window > 0 else 0.0,
+                "vcam_max_gap_ms": float(gaps.max() * 1000) if len(gaps) else None,
+                "vcam_gaps_over_2": int((gaps > 2 * period).sum()),
+                "preview_fps": previews["n"] / window if window > 0 else 0.0,
+                "shed": snap["counters"].get("shed_capture", 0),
+                "events": [f"{e.level}:{e.code}" for e in new_events],
+            }
+            previews.clear()
+            all_gaps_over_2 += row["vcam_gaps_over_2"]
+            if len(gaps):
+                largest_gap = max(largest_gap, float(gaps.max()))
+            rows.append(row)
+            alive = {t.name for t in threading.enumerate()}
+            if not {"kf-capture", "kf-engine", "kf-output", "vcam-sender"} <= alive:
+                crashed = True
+            print(f"{row['t']:7.0f} s  rss {row['rss_mb']:7.1f} MB  out {row['output_fps']:5.1f} "
+                  f"fps  vcam {row['vcam_fps']:5.1f} fps  max gap "
+                  f"{row['vcam_max_gap_ms'] or 0:6.1f} ms  >2T {row['vcam_gaps_over_2']:3d}  "
+                  f"preview {row['preview_fps']:5.1f} fps  {' '.join(row['events'])}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    finally:
+        session.stop()
+        vc.unregister()
+        for p in hogs:
+            p.terminate()
+    if not rows:
+        return 1
+    tail_from = rows[-1]["t"] - min(600.0, rows[-1]["t"] / 2)
+    tail = [r for r in rows if r["t"] >= tail_from]
+    summary = {
+        "minutes": rows[-1]["t"] / 60, "hog": args.hog, "size": f"{w}x{h}", "fps": args.fps,
+        "rss_start_mb": rows[0]["rss_mb"], "rss_end_mb": rows[-1]["rss_mb"],
+        "rss_growth_tail_mb": tail[-1]["rss_mb"] - tail[0]["rss_mb"],
+        "tail_minutes": (tail[-1]["t"] - tail[0]["t"]) / 60,
+        "vcam_fps_mean": float(np.mean([r["vcam_fps"] for r in rows])),
+        "vcam_fps_worst_window": float(min(r["vcam_fps"] for r in rows)),
+        "vcam_largest_gap_ms": largest_gap * 1000,
+        "vcam_gaps_over_2_periods": all_gaps_over_2,
+        "output_fps_mean": float(np.mean([r["output_fps"] for r in rows])),
+        "preview_fps_mean": float(np.mean([r["preview_fps"] for r in rows])),
+        "events": dict(Counter(f"{e.level}:{e.code}" for e in events)),
+        "crashed": crashed or not vcam.stats()["frames_sent"] or vcam.failed,
+    }
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 1 if summary["crashed"] else 0
+
+
+def _drain_backend(vc: MemoryVcam) -> list[float]:
+    """The send times the backend recorded since the last call (emptied, so
+    a long soak does not grow a list)."""
+    if not vc.instances:
+        return []
+    inst = vc.instances[-1]
+    with inst._lock:
+        out, inst.send_times = inst.send_times, []
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
