@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kf_desktop.audio_track import AudioTrack
+from kf_desktop.blas_threads import limit_blas_threads
 from kf_desktop.compute import resolve_device
 from kf_desktop.errors import UserError
 from kf_desktop.face import FaceAnalyzer
@@ -73,6 +74,7 @@ def _render(req: RenderRequest, progress: bool) -> RenderResult:
         raise UserError("nothing drives the portrait",
                         "pass --driver VIDEO, --audio SPEECH.wav, or both")
     device = resolve_device(req.device)
+    limit_blas_threads(1)  # the guide's small solves: 1 thread is fastest (blas_threads.py)
     track = AudioTrack(req.audio) if req.audio is not None else None
     source = VideoFileSource(req.driver, realtime=False) if req.driver else None
     if source is not None:

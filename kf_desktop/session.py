@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kf_desktop.blas_threads import limit_blas_threads
 from kf_desktop.errors import UserError
 from kf_desktop.face import FaceAnalyzer
 from kf_desktop.frames import Frame
@@ -162,6 +163,9 @@ class Session:
         if self._running:
             return
         cfg = self.config
+        # numpy's OpenBLAS spinning for busy cores held the GIL ~100 ms per
+        # guide frame and starved the virtual camera (see blas_threads.py).
+        limit_blas_threads(1)
         try:
             portrait = self._load(cfg.portrait)
             generator = cfg.generator_factory() if cfg.generator_factory else None
@@ -603,6 +607,9 @@ class Session:
         if self._paused.is_set() or rate is None or now - self._output_started < 3.0:
             return
         nominal = self.config.fps
+        source_rate = self.stats.rate("source", now) if self._source_ok else None
+        if source_rate:  # a 25 fps camera cannot give 30 fps out: keeping up is 25
+            nominal = min(nominal, source_rate)
         if not self._overloaded and rate < self.OVERLOAD_ENTER * nominal:
             self._overloaded = True
             for sink in self._started_sinks:
@@ -610,7 +617,7 @@ class Session:
                     sink.set_max_fps(min(self.OVERLOAD_PREVIEW_FPS, nominal))
             self.stats.count("overloaded")
             self._emit("info", "overloaded",
-                       f"the engine makes {rate:.0f} of {nominal:g} fps: it skips stale frames "
+                       f"the engine makes {rate:.0f} of {nominal:.0f} fps: it skips stale frames "
                        f"and the preview runs at {self.OVERLOAD_PREVIEW_FPS:g} fps",
                        "close other busy programs, or lower the output size")
         elif self._overloaded and rate >= self.OVERLOAD_CLEAR * nominal:
@@ -761,6 +768,7 @@ class _SourceReader:
                 self.last_frame = time.monotonic()
                 if self._stats is not None:
                     self._stats.add("capture", (time.perf_counter() - t0) * 1000.0)
+                    self._stats.tick("source", self.last_frame)
                 self._box.put(frame)
         finally:
             if not self._quit.is_set():  # ended/lost/failed by itself: release the device

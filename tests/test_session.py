@@ -528,3 +528,18 @@ def test_overload_sheds_stale_frames_and_lowers_the_preview_rate(portrait, data_
                          + s.snapshot()["counters"].get("shed_capture", 0) > 0)
     assert _codes(s).count("overloaded") == 1
     assert preview.max_fps is None  # undone at stop
+
+
+def test_session_runs_blas_single_threaded(portrait):
+    """Issue 13 item 6: OpenBLAS worker threads spinning for busy cores made
+    the guide's small solve take ~100 ms with the GIL held, starving the
+    virtual camera's sender (9 fps instead of 30 on a loaded 2-core box)."""
+    import numpy as np
+
+    from kf_desktop.blas_threads import blas_threads
+
+    np.linalg.solve(np.eye(4), np.ones(4))  # make sure numpy's BLAS is loaded
+    if not blas_threads():
+        pytest.skip("no OpenBLAS reachable in this process")
+    with Session(SessionConfig(portrait=portrait, out_size=OUT), [NullSink()]):
+        assert set(blas_threads().values()) == {1}
