@@ -183,8 +183,10 @@ class Session:
                 self._audio = cfg.audio_factory()
                 self._audio.open()
                 # Live: the call's audio is not delayed, so look-ahead would only
-                # make the mouth lag the voice; keep it short.
-                self._audio_motion = AudioMotion(self._audio, lookahead_ms=20.0)
+                # make the mouth lag the voice; keep it short. With the delayed
+                # virtual microphone (issue 11) the mouth is a fixed lag behind.
+                self._audio_motion = AudioMotion(self._audio, lookahead_ms=20.0,
+                                                 fixed_lag_ms=cfg.audio_lag_ms)
             for sink in self.sinks:
                 sink.start()
                 self._started_sinks.append(sink)
