@@ -123,6 +123,7 @@ class Session:
         self._active_sinks: list[FrameSink] = []
         self._sink_retry: dict[int, list] = {}  # id(sink) -> [sink, attempts, due]
         self._overloaded = False
+        self._overload_votes = 0
         self._next_overload_check = 0.0
         self._output_started = 0.0
         self._running = False
@@ -196,6 +197,7 @@ class Session:
         self._active_sinks = list(self._started_sinks)
         self._sink_retry = {}
         self._overloaded = False
+        self._overload_votes = 0
         self._output_started = time.monotonic()
         self._stop.clear()
         self._running = True
@@ -598,6 +600,9 @@ class Session:
     #: stats horizon) sheds work; at or above ``OVERLOAD_CLEAR`` it stops.
     OVERLOAD_ENTER = 0.7
     OVERLOAD_CLEAR = 0.9
+    #: Consecutive 1 s checks below / above the thresholds to enter / leave.
+    OVERLOAD_ENTER_CHECKS = 3
+    OVERLOAD_CLEAR_CHECKS = 5
     #: Preview rate while overloaded (the virtual camera keeps its own rate).
     OVERLOAD_PREVIEW_FPS = 10.0
 
@@ -612,7 +617,15 @@ class Session:
         source_rate = self.stats.rate("source", now) if self._source_ok else None
         if source_rate:  # a 25 fps camera cannot give 30 fps out: keeping up is 25
             nominal = min(nominal, source_rate)
-        if not self._overloaded and rate < self.OVERLOAD_ENTER * nominal:
+        # Hysteresis in time too: a one-off hiccup (a GC, a busy second) must
+        # not flip the preview rate and show a banner every minute.
+        if rate < self.OVERLOAD_ENTER * nominal:
+            self._overload_votes = max(1, self._overload_votes + 1)
+        elif rate >= self.OVERLOAD_CLEAR * nominal:
+            self._overload_votes = min(-1, self._overload_votes - 1)
+        else:
+            self._overload_votes = 0
+        if not self._overloaded and self._overload_votes >= self.OVERLOAD_ENTER_CHECKS:
             self._overloaded = True
             for sink in self._started_sinks:
                 if hasattr(sink, "set_max_fps"):
@@ -622,7 +635,7 @@ class Session:
                        f"the engine makes {rate:.0f} of {nominal:.0f} fps: it skips stale frames "
                        f"and the preview runs at {self.OVERLOAD_PREVIEW_FPS:g} fps",
                        "close other busy programs, or lower the output size")
-        elif self._overloaded and rate >= self.OVERLOAD_CLEAR * nominal:
+        elif self._overloaded and -self._overload_votes >= self.OVERLOAD_CLEAR_CHECKS:
             self._overloaded = False
             for sink in self._started_sinks:
                 if hasattr(sink, "set_max_fps"):
