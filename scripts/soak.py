@@ -35,6 +35,7 @@ from kf_desktop.cli import DEFAULT_PORTRAIT, parse_size  # noqa: E402
 from kf_desktop.data import data_path  # noqa: E402
 from kf_desktop.idle_motion import IdleMotion  # noqa: E402
 from kf_desktop.session import Session, SessionConfig  # noqa: E402
+from kf_desktop.signals import handle_termination  # noqa: E402
 from kf_desktop.sinks import PreviewSink, VirtualCameraSink  # noqa: E402
 from kf_desktop.sources import VideoFileSource  # noqa: E402
 from kf_desktop.vcam_memory import MemoryVcam  # noqa: E402
@@ -93,53 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     session.start()
     t_start = time.monotonic()
     t_end = t_start + args.minutes * 60.0
-    rows = []
-    all_gaps_over_2 = 0
-    largest_gap = 0.0
-    last_send = None
-    n_events = 0
-    crashed = False
+    rows: list[dict] = []
+    stopping = threading.Event()
     try:
-        while time.monotonic() < t_end:
-            time.sleep(min(args.every, max(0.0, t_end - time.monotonic())))
-            now = time.monotonic()
-            times = _drain_backend(vc)
-            if last_send is not None:
-                times = [last_send] + times
-            gaps = np.diff(times) if len(times) >= 2 else np.array([])
-            if len(times):
-                last_send = times[-1]
-            window = args.every if not rows else now - rows[-1]["t"] - t_start
-            sent = len(gaps)
-            snap = session.snapshot()
-            new_events = events[n_events:]
-            n_events = len(events)
-            row = {
-                "t": now - t_start,
-                "rss_mb": rss_mb(),
-                "output_fps": snap["fps"].get("output", 0.0),
-                "engine_fps": snap["fps"].get("engine", 0.0),
-                "vcam_fps": sent / window if window > 0 else 0.0,
-                "vcam_max_gap_ms": float(gaps.max() * 1000) if len(gaps) else None,
-                "vcam_gaps_over_2": int((gaps > 2 * period).sum()),
-                "preview_fps": previews["n"] / window if window > 0 else 0.0,
-                "shed": snap["counters"].get("shed_capture", 0),
-                "events": [f"{e.level}:{e.code}" for e in new_events],
-            }
-            previews.clear()
-            all_gaps_over_2 += row["vcam_gaps_over_2"]
-            if len(gaps):
-                largest_gap = max(largest_gap, float(gaps.max()))
-            rows.append(row)
-            alive = {t.name for t in threading.enumerate()}
-            if not {"kf-capture", "kf-engine", "kf-output", "vcam-sender"} <= alive:
-                crashed = True
-            print(f"{row['t']:7.0f} s  rss {row['rss_mb']:7.1f} MB  out {row['output_fps']:5.1f} "
-                  f"fps  vcam {row['vcam_fps']:5.1f} fps  max gap "
-                  f"{row['vcam_max_gap_ms'] or 0:6.1f} ms  >2T {row['vcam_gaps_over_2']:3d}  "
-                  f"preview {row['preview_fps']:5.1f} fps  {' '.join(row['events'])}", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
+        with handle_termination(lambda signum: stopping.set(), include_sigint=True):
+            _loop(args, session, vc, vcam, previews, events, rows, t_start, t_end, period,
+                  stopping)
     finally:
         session.stop()
         vc.unregister()
@@ -147,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             p.terminate()
     if not rows:
         return 1
+    alive_ok = all(r["threads_ok"] for r in rows)
+    largest_gap = max((r["vcam_max_gap_ms"] or 0) for r in rows) / 1000
+    all_gaps_over_2 = sum(r["vcam_gaps_over_2"] for r in rows)
+    crashed = not alive_ok
     tail_from = rows[-1]["t"] - min(600.0, rows[-1]["t"] / 2)
     tail = [r for r in rows if r["t"] >= tail_from]
     summary = {
@@ -167,6 +131,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     return 1 if summary["crashed"] else 0
+
+
+def _loop(args, session, vc, vcam, previews, events, rows, t_start, t_end, period,
+          stopping) -> None:
+    last_send = None
+    n_events = 0
+    while time.monotonic() < t_end and not stopping.is_set():
+        stopping.wait(min(args.every, max(0.0, t_end - time.monotonic())))
+        now = time.monotonic()
+        times = _drain_backend(vc)
+        if last_send is not None:
+            times = [last_send] + times
+        gaps = np.diff(times) if len(times) >= 2 else np.array([])
+        if len(times):
+            last_send = times[-1]
+        window = args.every if not rows else now - rows[-1]["t"] - t_start
+        sent = len(gaps)
+        snap = session.snapshot()
+        new_events = events[n_events:]
+        n_events = len(events)
+        row = {
+            "t": now - t_start,
+            "rss_mb": rss_mb(),
+            "output_fps": snap["fps"].get("output", 0.0),
+            "engine_fps": snap["fps"].get("engine", 0.0),
+            "vcam_fps": sent / window if window > 0 else 0.0,
+            "vcam_max_gap_ms": float(gaps.max() * 1000) if len(gaps) else None,
+            "vcam_gaps_over_2": int((gaps > 2 * period).sum()),
+            "preview_fps": previews["n"] / window if window > 0 else 0.0,
+            "shed": snap["counters"].get("shed_capture", 0),
+            "events": [f"{e.level}:{e.code}" for e in new_events],
+        }
+        previews.clear()
+        alive = {t.name for t in threading.enumerate()}
+        row["threads_ok"] = {"kf-capture", "kf-engine", "kf-output", "vcam-sender"} <= alive
+        rows.append(row)
+        print(f"{row['t']:7.0f} s  rss {row['rss_mb']:7.1f} MB  out {row['output_fps']:5.1f} "
+              f"fps  vcam {row['vcam_fps']:5.1f} fps  max gap "
+              f"{row['vcam_max_gap_ms'] or 0:6.1f} ms  >2T {row['vcam_gaps_over_2']:3d}  "
+              f"preview {row['preview_fps']:5.1f} fps  {' '.join(row['events'])}", flush=True)
 
 
 def _drain_backend(vc: MemoryVcam) -> list[float]:
