@@ -550,7 +550,7 @@ class RecorderSink:
     clock by their capture timestamp, so the file plays in real time whatever
     rate they arrive at: a slot with no new frame repeats the previous one
     (``frames_repeated``), a second frame for an already written slot is
-    dropped (``frames_dropped``).
+    dropped (``frames_dropped``); a gap over ``MAX_FILL_S`` (a pause) is cut.
 
     Encoder: ffmpeg (libx264, yuv420p, preset veryfast, crf 20, a keyframe
     every 2 s) writing a *fragmented* mp4 (moov first, one fragment per
@@ -700,9 +700,10 @@ class RecorderSink:
         self._writer = writer
         self.encoder = "opencv"
 
-    #: Realtime: a gap longer than this (suspend, clock jump) is not filled
-    #: with repeats; the clock restarts at the next frame instead.
-    MAX_FILL_S = 300.0
+    #: Realtime: a gap longer than this (a privacy pause, a suspend) is cut
+    #: out of the file instead of filled with a frozen frame (filling also
+    #: blocks the output thread while the encoder eats the repeats).
+    MAX_FILL_S = 3.0
 
     def submit(self, image: np.ndarray, capture_ts: float = 0.0) -> None:
         if self._error is not None:

@@ -505,6 +505,16 @@ def test_realtime_recorder_plays_in_real_time(tmp_path):
     assert st["frames_repeated"] > 10 and st["frames_dropped"] > 20
     assert st["frames_written"] == len(frames)
 
+    # A privacy pause (no frames for 60 s) is cut out, not filled with 1800 repeats.
+    paused = RecorderSink(tmp_path / "paused.mp4", W, H, 30, realtime=True)
+    paused.start()
+    for i in range(30):
+        paused.submit(_gradient(i), t + i / 30)
+    for i in range(30):
+        paused.submit(_gradient(i), t + 61 + i / 30)
+    paused.stop()
+    assert paused.stats()["frames_written"] == 60
+
 
 # ---- preview / null ---------------------------------------------------------------
 
