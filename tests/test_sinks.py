@@ -45,7 +45,7 @@ def test_constant_rate_with_steady_producer(mem_vcam):
     assert (cam.width, cam.height) == (W, H)
     assert cam.frames[-1].shape == (H, W, 3)
     assert 26 <= cam.count <= 36, cam.count
-    assert st["frames_sent"] in (cam.count, cam.count - 1)
+    assert cam.count - 3 <= st["frames_sent"] <= cam.count  # (sends between stats() and stop)
     assert st["send_fps"] == pytest.approx(FPS, rel=0.1)
     assert st["frames_submitted"] == i
     lat = st["latency_ms"]
