@@ -60,6 +60,10 @@ class AVSyncResult:
     resyncs: int = 0
     late_frames: int = 0
     frames: int = 0
+    #: The audio path alone, per burst: achieved - intended delay of the
+    #: virtual microphone (recorded audio vs the session's microphone).
+    audio_path_ms: list[float | None] = field(default_factory=list)
+    starved: int = 0
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -215,6 +219,30 @@ def analyse(frame_times: np.ndarray, mouth: np.ndarray, rec_t0: float, rec: np.n
     return times, offsets
 
 
+def audio_path_errors(src: np.ndarray, src_t0: float, rec: np.ndarray, rec_t0: float,
+                      delay_s: float, bursts: list[float], sr: int = 16000,
+                      search_s: float = 0.15) -> list[float | None]:
+    """Per burst (absolute times in ``bursts``, on the recording): achieved
+    minus intended delay (s) of the recorded audio against the source (None
+    where it cannot be measured)."""
+    out = []
+    for b in bursts:
+        a = int(round((b - 0.05 - rec_t0) * sr))
+        m = rec[max(0, a):max(0, a) + int(0.35 * sr)]
+        s0 = b - 0.05 - delay_s - search_s
+        i = int(round((s0 - src_t0) * sr))
+        s = src[max(0, i):max(0, i) + m.shape[0] + int(2 * search_s * sr)]
+        if i < 0 or m.shape[0] < int(0.3 * sr) or s.shape[0] < m.shape[0] + 10 \
+                or np.std(m) < 1e-4:
+            out.append(None)
+            continue
+        c = np.correlate(s, m, "valid")
+        k = int(np.argmax(c))
+        # m[0] (recorded at b - 0.05) is s[k] (source time s0 + k / sr).
+        out.append((b - 0.05) - (s0 + k / sr) - delay_s)
+    return out
+
+
 def run_check(seconds: float = 20.0, *, trim_ms: float = 0.0, fps: float = 30.0,
               out_size: tuple[int, int] = (640, 360), period_s: float = 0.9,
               portrait: str | Path | None = None, video_delay_ms: float | None = None,
@@ -251,7 +279,8 @@ def run_check(seconds: float = 20.0, *, trim_ms: float = 0.0, fps: float = 30.0,
         cfg = SessionConfig(portrait=str(portrait or DEFAULT_PORTRAIT), source_factory=None,
                             out_size=out_size, fps=fps,
                             generator_factory=GuideOnlyGenerator,
-                            audio_factory=lambda: MicSource(f"pulse:{MIC_SINK}.monitor"),
+                            audio_factory=lambda: MicSource(f"pulse:{MIC_SINK}.monitor",
+                                                            buffer_s=seconds + 60.0),
                             idle_motion=IdleMotion(seed=0), audio_lag_ms=DEFAULT_AUDIO_LAG_MS)
         session = Session(cfg, [vcam, vmic])
         vmic.attach(session, vcam)
@@ -287,6 +316,12 @@ def run_check(seconds: float = 20.0, *, trim_ms: float = 0.0, fps: float = 30.0,
         rec_audio = rec.read_span(rec_i0, rec_i1 - rec_i0)
         rec_t0 = rec._time_of(rec_i0)  # noqa: SLF001 -- capture time of sample rec_i0
         snap = session.snapshot()
+        delay_now = vmic.delay_s() or 0.0
+        src = session.audio_source
+        src_i1 = src.samples_written
+        src_i0 = max(0, src_i1 - int((time.monotonic() - t_play + delay_now + 2.0) * 16000))
+        src_audio = src.read_span(src_i0, src_i1 - src_i0)
+        src_t0 = src._time_of(src_i0)  # noqa: SLF001
     finally:
         if rec is not None:
             rec.close()
@@ -325,7 +360,10 @@ def run_check(seconds: float = 20.0, *, trim_ms: float = 0.0, fps: float = 30.0,
                        video_delay_ms=hold.get("target_ms"), video_jitter_ms=hold.get("jitter_ms"),
                        audio_delay_ms=ms.get("delay_ms"), underruns=int(ms.get("underruns") or 0),
                        resyncs=int(ms.get("resyncs") or 0),
-                       late_frames=int(hold.get("late") or 0), frames=len(frames.crops))
+                       late_frames=int(hold.get("late") or 0), frames=len(frames.crops),
+                       starved=int(ms.get("starved") or 0))
+    res.audio_path_ms = [None if v is None else v * 1000.0 for v in audio_path_errors(
+        src_audio, src_t0, rec_audio, rec_t0, delay_now, list(times))]
     res.seconds = dur
     return res
 
@@ -347,11 +385,18 @@ def main(argv: list[str] | None = None) -> int:
                     video_delay_ms=args.video_delay,
                     log=lambda s: print(s, file=sys.stderr, flush=True))
     if args.verbose:
-        for t, o in zip(res.burst_times, res.offsets_ms):
-            print(f"  burst at {t:6.2f} s: {o:+6.1f} ms", file=sys.stderr)
+        for t, o, a in zip(res.burst_times, res.offsets_ms, res.audio_path_ms):
+            ap = f" (audio path {a:+5.1f} ms)" if a is not None else ""
+            print(f"  burst at {t:6.2f} s: {o:+6.1f} ms{ap}", file=sys.stderr)
+        a = np.array([v for v in res.audio_path_ms if v is not None])
+        if a.size:
+            print(f"audio path alone (virtual mic, achieved - intended delay): median "
+                  f"{np.median(a):+.1f} ms, p95-p5 {np.percentile(a, 95) - np.percentile(a, 5):.1f}"
+                  f" ms over {a.size} bursts", file=sys.stderr)
     print(f"video delay {res.video_delay_ms or 0:.0f} ms (send jitter "
           f"{res.video_jitter_ms or 0:.1f} ms, {res.late_frames} late), audio delay "
-          f"{res.audio_delay_ms or 0:.0f} ms, {res.underruns} underruns, {res.resyncs} resyncs, "
+          f"{res.audio_delay_ms or 0:.0f} ms, {res.underruns} underruns, {res.starved} starved "
+          f"blocks, {res.resyncs} resyncs, "
           f"{res.bursts} bursts",
           file=sys.stderr)
     print(res.line(), flush=True)

@@ -389,6 +389,7 @@ class Retargeter:
         # the first output, which needs no easing.
         self._mode: str | None = None
         self._last_target = self._p.xy.astype(np.float64)
+        self._last_out: np.ndarray | None = None
         self._from = self._last_target
         self._t_switch = -math.inf
         self._ease_s = _LOST_EASE_S
@@ -413,6 +414,7 @@ class Retargeter:
         self._p = _Portrait(landmarks)
         self._filter.reset()
         self._last_target = self._p.xy.astype(np.float64)
+        self._last_out = None
         self._from = self._last_target
         self._t_switch = -math.inf
         self._mode = None
@@ -452,14 +454,21 @@ class Retargeter:
         w = float(_smoothstep(np.array((t - self._t_switch) / self._ease_s)))
         out = target if w >= 1.0 else self._from + w * (target - self._from)
         self._last_target = out
-        if self._gains.smoothing > 0:
+        # Smoothing removes the jitter of *measured* landmarks. Synthesized
+        # motion (audio mouth, idle) has none, and the filter would only
+        # delay it -- by ~20 ms at every mouth opening, which a delayed
+        # audio path cannot undo (the lag depends on the speed).
+        if self._gains.smoothing > 0 and mode != "params":
             out = self._filter(out, t)
         else:
             self._filter.reset()
+        self._last_out = out
         return out.astype(np.float32)
 
     def _start_transition(self, t: float, ease_s: float) -> None:
-        self._from = self._last_target
+        # Ease from what was last shown (filtered or not), so switching
+        # between filtered and unfiltered sources does not jump.
+        self._from = self._last_target if self._last_out is None else self._last_out
         self._t_switch = t
         self._ease_s = ease_s
 

@@ -430,75 +430,147 @@ class DelayedPlayer:
     the audio of source time ``t`` is played at ``t + delay_fn()``.
 
     ``delay_fn`` returns seconds, or None while the delay is not known yet
-    (silence is played meanwhile). The PortAudio callback does everything
-    (a few hundred microseconds per 10 ms block): it reads new 16 kHz samples,
-    upsamples them with the polyphase ``Resampler`` and reads that stream at
-    a rate ``ratio`` (~1) by linear interpolation -- the upsampled signal is
-    band-limited to 8 kHz, so interpolating it at 48 kHz is clean.
+    (silence is played meanwhile).
+
+    The audio is delayed by hundreds of ms, so every sample exists long before
+    it is due. The design uses that to be robust under CPU load:
+
+    - a deep device buffer: the output stream is opened with as much queued
+      audio as the delay allows (``depth``: ``depth_share`` (70 %) of
+      ``delay - capture_lag_s``, at most ``max_depth_s``), measured on the
+      stream (the ALSA ``pulse`` plugin queues ~1.35x what PortAudio is asked
+      for) and re-opened when the delay (trim, video retarget) no longer fits
+      it. A callback -- or a sound server -- that comes late by anything less
+      than the depth costs nothing;
+    - a tiny callback: it copies ready samples from a ring and records its
+      timing, nothing else (no locks, no resampling, no source access);
+    - a render thread (``vmic-render``) fills the ring as soon as the source
+      has the samples: it upsamples 16 kHz -> device rate with the polyphase
+      ``Resampler`` and reads that at a rate ``1 - c`` by linear
+      interpolation;
+    - a sample-counting play clock: output sample ``j`` plays at
+      ``a + j / rate + correction_s``, where ``a`` is the median over the last
+      ~2 s of callbacks of (the block's DAC time - its index / rate); per-block
+      timing noise does not move it, an underrun does (the later samples then
+      play later) and the correction follows;
+    - errors are corrected slowly by resampling only (``c`` within
+      +-``max_correction``, 0.5 %: inaudible), never by a jump. Only a change
+      of the delay target of ``seek_on_change_ms`` or more (trim, video
+      retarget), a lost sync beyond ``seek_ms`` (mic reconnect) or a re-open
+      re-seeks, with a short fade.
+
+    Counters: ``underruns`` (PortAudio output underflows, and blocks whose
+    queue had run dry -- reported depth under 5 ms), ``starved`` (callbacks
+    that found the ring short of audio while synced), ``resyncs`` (seeks),
+    ``reopens``.
     """
 
     def __init__(self, source, delay_fn: Callable[[], float | None], *,
                  device: int | str | None = None, pulse_sink: str | None = None,
-                 samplerate: int = 48000, channels: int = 1, block: int = 960,
-                 latency_s: float = 0.3, max_correction: float = 0.005,
-                 resync_ms: float = 40.0, kp: float = 0.5, ki: float = 0.05) -> None:
+                 samplerate: int = 48000, channels: int = 1, block: int | None = 480,
+                 max_depth_s: float = 0.4, min_depth_s: float = 0.03,
+                 capture_lag_s: float = 0.03, depth_share: float = 0.7, max_correction: float = 0.005,
+                 fast_correction: float = 0.02, tau_s: float = 2.0, seek_ms: float = 150.0,
+                 seek_on_change_ms: float = 20.0, ring_s: float = 2.0,
+                 latency_s: float | None = None) -> None:
         self.source = source
         self.delay_fn = delay_fn
         self.device = device
         self.pulse_sink = pulse_sink
         self.rate = int(samplerate)
         self.channels = int(channels)
-        self.block = int(block)
-        self.latency_s = latency_s
-        self.max_correction = max_correction
-        self.resync_s = resync_ms / 1000.0
-        self.kp, self.ki = kp, ki
+        # None: a third of the device queue (10 ms steps), so each callback
+        # -- each wait for the interpreter -- moves a large share of it.
+        self._fixed_block = None if block is None else int(block)
+        self.block = self._fixed_block or 480
+        self.max_depth_s, self.min_depth_s = max_depth_s, min_depth_s
+        self.capture_lag_s, self.depth_share = capture_lag_s, depth_share
+        self.max_correction, self.fast_correction = max_correction, fast_correction
+        self.tau_s = tau_s
+        self.seek_s = seek_ms / 1000.0
+        self.seek_on_change_s = seek_on_change_ms / 1000.0
         self.src_rate = int(getattr(source, "samplerate", 16000))
+        # What PortAudio is asked for; the queue really held is measured.
+        self._latency_req = latency_s if latency_s is not None else 0.1
         self._stream = None
+        self._stream_lock = threading.Lock()  # open / close / reopen
+        self._render_lock = threading.Lock()  # render state (thread, or a late callback)
         self._lock = threading.Lock()  # stats only
-        # callback-thread state
+        # Ring of rendered output, by absolute output index (callback reads,
+        # render thread writes; both publish by assigning one int).
+        self._ring = np.zeros(int(ring_s * self.rate), np.float32)
+        self._played = 0  # output samples handed to the device (callback)
+        self._rendered = 0  # output samples in the ring (render thread)
+        self._timing: collections.deque = collections.deque(maxlen=400)  # callback -> render
+        self._epoch = 0  # bumped on every (re)open; timing of older streams is ignored
+        # render-thread state
         self._res = Resampler(self.src_rate, self.rate)
         self._synced = False
-        self._u = 0.0  # read position in the upsampled stream (absolute output index)
-        self._u_base = 0  # absolute index of _U[0]
+        self._seek_delay: float | None = None
+        self._u = 0.0
+        self._u_base = 0
         self._U = np.zeros(0, np.float32)
-        self._feed_start = 0  # 16 kHz index of the resampler's input 0
-        self._feed_pos = 0  # next 16 kHz index to feed
-        self._ratio = 1.0
+        self._feed_start = 0
+        self._feed_pos = 0
+        self._c = 0.0
         self._integ = 0.0
         self._err = 0.0
         self._fade = 0
-        self._next_t_play: float | None = None
-        self._clock_off: collections.deque[float] = collections.deque(maxlen=100)
+        self._a: float | None = None  # play time of output sample 0 (monotonic), model
+        self._m: collections.deque[float] = collections.deque(maxlen=200)
+        self._depths: collections.deque[float] = collections.deque(maxlen=200)
+        self._cb_off: collections.deque[float] = collections.deque(maxlen=200)
+        self._realtime_clock: bool | None = None
+        self._dry = False
+        self._model_hist: collections.deque = collections.deque(maxlen=2000)  # (t_play, delay)
+        self._opened_at = 0.0
+        self._reopen_pending: float | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         # counters
         self.underruns = 0
+        self.underflow_flags = 0
         self.starved = 0
         self.resyncs = 0
+        self.reopens = 0
         self.callbacks = 0
+        self.callback_renders = 0
         self.callback_errors = 0
+        self.render_errors = 0
         self.last_error: str | None = None
-        self._err_hist: list[float] = []
+        self._err_hist: collections.deque[float] = collections.deque(maxlen=500)
         self.t_started: float | None = None
-        # Closed loop: PortAudio's play-time estimate through ALSA's pulse plugin
-        # is off by tens of ms and shifts after every xrun, so the achieved delay
-        # is measured on the sink's monitor and folded in here (see LoopMeter).
+        # Closed loop (LoopMeter): the achieved delay measured on the device's
+        # monitor, folded into the play clock.
         self.correction_s = 0.0
         self.loop_updates = 0
+        #: When the audio last jumped (seek, starved block, re-open): the loop
+        #: meter measures only steady stretches.
+        self.last_disturbance = 0.0
 
     # -- lifecycle --------------------------------------------------------------
-    def start(self) -> None:
+    def _open(self, latency: float) -> None:
         import sounddevice as sd
 
-        lock = _pulse_env_lock()
-        with lock:
+        with _pulse_env_lock():
             saved = os.environ.get("PULSE_SINK")
             if self.pulse_sink is not None:
                 os.environ["PULSE_SINK"] = self.pulse_sink
             try:
-                self._stream = sd.OutputStream(
+                if self._fixed_block is None:
+                    step = self.rate // 100
+                    self.block = max(step, int(latency * 1.4 * self.rate / 3) // step * step)
+                stream = sd.OutputStream(
                     device=self.device, samplerate=self.rate, channels=self.channels,
-                    dtype="float32", blocksize=self.block, latency=self.latency_s,
+                    dtype="float32", blocksize=self.block, latency=latency,
                     callback=self._callback)
+                # ALSA's pulse plugin connects to the server on start: PULSE_SINK
+                # must still be set then, or the audio goes to the default sink.
+                self._epoch += 1
+                self._played = 0
+                self._rendered = 0
+                self._timing.clear()
+                stream.start()
             except Exception as e:  # noqa: BLE001 -- PortAudioError, ValueError
                 raise DeviceError(f"cannot open the virtual microphone's output: {e}",
                                   "check the sound system; `kf-desktop doctor` tells more") from e
@@ -508,14 +580,30 @@ class DelayedPlayer:
                         os.environ.pop("PULSE_SINK", None)
                     else:
                         os.environ["PULSE_SINK"] = saved
-        self._stream.start()
+        self._stream = stream
+        self._latency_req = latency
+        self._opened_at = time.monotonic()
+        self._a = None
+        self._m.clear()
+        self._depths.clear()
+        self._cb_off.clear()
+        self._synced = False
+        self.last_disturbance = self._opened_at
+
+    def start(self) -> None:
+        d = self.delay_fn()
+        if d is not None:
+            self._latency_req = self._request_for(self._depth_for(d))
+        with self._stream_lock:
+            self._open(self._latency_req)
         self.t_started = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._render_loop, name="vmic-render",
+                                        daemon=True)
+        self._thread.start()
 
-    def stop(self) -> None:
-        st, self._stream = self._stream, None
-        if st is None:
-            return
-
+    @staticmethod
+    def _close_stream(st) -> None:
         def close() -> None:
             try:
                 st.abort(ignore_errors=True)
@@ -527,14 +615,124 @@ class DelayedPlayer:
         t.start()
         t.join(2.0)  # a dead driver may block: the thread is expendable
 
+    def stop(self) -> None:
+        self._stop.set()
+        th, self._thread = self._thread, None
+        if th is not None and th is not threading.current_thread():
+            th.join(2.0)
+        with self._stream_lock:
+            st, self._stream = self._stream, None
+        if st is not None:
+            self._close_stream(st)
+
     @property
     def output_latency_s(self) -> float:
         st = self._stream
         return float(st.latency) if st is not None else 0.0
 
-    # -- callback ------------------------------------------------------------------
-    def _resync(self, k: float) -> None:
-        """Re-seek so that the next output sample is 16 kHz index ``k``."""
+    @property
+    def depth_s(self) -> float | None:
+        """Audio queued in the device when it asks for more (measured: DAC
+        time - PortAudio's now), p90: a late callback finds it drained."""
+        if not self._depths:
+            return None
+        return float(np.percentile(np.fromiter(self._depths, float), 90))
+
+    def _depth_for(self, delay: float) -> float:
+        # Of the time between capture and play, ``depth_share`` is queued in
+        # the device (covers stalls of this process and of the sound server
+        # draining it), the rest covers late capture blocks (a stalled server
+        # delivers the microphone late too).
+        usable = max(0.0, delay - self.capture_lag_s)
+        return float(min(self.max_depth_s, max(self.min_depth_s, self.depth_share * usable)))
+
+    def _request_for(self, depth: float) -> float:
+        # The ALSA pulse plugin queues ~1.35x the requested latency + a few ms.
+        return max(0.01, depth / 1.4)
+
+    # -- callback (PortAudio thread): copy and record, nothing else -----------------
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        try:
+            now = time.monotonic()
+            j = self._played
+            if status and status.output_underflow:
+                self.underflow_flags += 1
+            self._timing.append((self._epoch, j, now, time_info.currentTime,
+                                 time_info.outputBufferDacTime))
+            if self._rendered - j < frames and self._synced:
+                # The render thread is late (CPU load): render here, the
+                # samples exist (the device queue is shallower than the delay).
+                # The render thread may hold the lock while it waits for the
+                # interpreter: waiting here is fine, the device queue is deep.
+                if self._render_lock.acquire(timeout=0.08):
+                    try:
+                        self._render_step(in_callback=True)
+                        self.callback_renders += 1
+                    finally:
+                        self._render_lock.release()
+            avail = self._rendered - j
+            n = min(frames, max(0, avail))
+            if n > 0:
+                N = self._ring.shape[0]
+                p = j % N
+                first = min(n, N - p)
+                outdata[:first, 0] = self._ring[p:p + first]
+                if first < n:
+                    outdata[first:n, 0] = self._ring[:n - first]
+            if n < frames:
+                outdata[n:, 0] = 0.0
+                if self._synced:
+                    self.starved += 1
+                    self.last_disturbance = now
+            for c in range(1, outdata.shape[1]):
+                outdata[:, c] = outdata[:, 0]
+            self._played = j + frames
+            self.callbacks += 1
+        except Exception as e:  # noqa: BLE001 -- never let an exception kill the stream
+            self.callback_errors += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            outdata.fill(0.0)
+
+    # -- render thread ----------------------------------------------------------------
+    def _update_clock(self) -> None:
+        """Fold the callbacks' timing into the play-clock model ``_a``."""
+        while self._timing:
+            epoch, j, now, cur, dac = self._timing.popleft()
+            if epoch != self._epoch or cur <= 0.0 or not (0.0 < dac - cur < 2.0):
+                continue
+            if self._realtime_clock is None:
+                # ALSA: PortAudio's clock is the wall clock; elsewhere another clock.
+                self._realtime_clock = abs(cur - time.time()) < 5.0
+            if self._realtime_clock:
+                off = time.time() - time.monotonic()
+            else:  # map by the least callback lateness of the last ~2 s
+                self._cb_off.append(cur - now)
+                off = max(self._cb_off)
+            depth = dac - cur
+            self._depths.append(depth)
+            if depth < 0.005:
+                if not self._dry and self._synced and now - self._opened_at > 0.5:
+                    self.underruns += 1  # the device's queue ran dry
+                self._dry = True
+            else:
+                self._dry = False
+            # A block timed while the queue was (nearly) empty -- an xrun being
+            # recovered -- says nothing steady about the play clock.
+            if len(self._depths) >= 20 and depth < 0.3 * float(
+                    np.percentile(np.fromiter(self._depths, float), 90)):
+                continue
+            self._m.append(dac - off - j / self.rate)
+        if len(self._m) >= 10:
+            self._a = float(np.median(np.fromiter(self._m, float)))
+
+    def play_time(self, j: float) -> float | None:
+        """Modelled play time (monotonic) of output sample ``j``."""
+        if self._a is None:
+            return None
+        return self._a + j / self.rate + self.correction_s
+
+    def _seek(self, j: int, k: float) -> None:
+        """Re-seek: output sample ``j`` becomes 16 kHz source index ``k``."""
         self._res.reset()
         pre = int(np.ceil(self._res.delay_s * self.src_rate)) + 2
         self._feed_start = int(np.floor(k)) - pre
@@ -542,86 +740,141 @@ class DelayedPlayer:
         self._U = np.zeros(0, np.float32)
         self._u_base = 0
         self._u = ((k - self._feed_start) / self.src_rate + self._res.delay_s) * self.rate
-        self._ratio = 1.0
+        self._c = 0.0
         self._integ = 0.0
         self._err = 0.0
         self._fade = int(0.005 * self.rate)
+        self._rendered = j
         self._synced = True
         self.resyncs += 1
+        self.last_disturbance = time.monotonic()
 
     def _src_index_of(self, u: float) -> float:
         return self._feed_start + (u / self.rate - self._res.delay_s) * self.src_rate
 
-    def _callback(self, outdata, frames, time_info, status) -> None:  # PortAudio thread
-        now = time.monotonic()
-        try:
-            if status and status.output_underflow:
-                self.underruns += 1
-            self.callbacks += 1
-            y = self._render(frames, now, time_info)
-            if y is None:
-                outdata.fill(0.0)
-                return
-            for c in range(outdata.shape[1]):
-                outdata[:, c] = y
-        except Exception as e:  # noqa: BLE001 -- never let an exception kill the stream
-            self.callback_errors += 1
-            self.last_error = f"{type(e).__name__}: {e}"
-            outdata.fill(0.0)
+    def _reopen_request(self, delay: float) -> float | None:
+        """The latency to re-open the stream with when the measured queue no
+        longer fits the delay (too deep: the audio would be needed before it
+        is captured) or is far shallower than it could be; else None."""
+        depth = self.depth_s
+        if depth is None or len(self._depths) < 50 or self.reopens >= 20:
+            return None
+        want = self._depth_for(delay)
+        if depth <= want + 0.01 and (depth >= 0.6 * want or self._latency_req >= 0.5):
+            return None
+        req = float(np.clip(self._latency_req * want / max(depth, 1e-3), 0.01, 0.5))
+        if abs(req - self._latency_req) < 0.003:
+            return None
+        log.info("virtual microphone: device queue %.0f ms for a %.0f ms delay: "
+                 "re-opening for %.0f ms", depth * 1000, delay * 1000, want * 1000)
+        return req
 
-    def _render(self, n: int, now: float, time_info) -> np.ndarray | None:
-        # When this block's first sample leaves the device, on our clock.
-        # PortAudio's stream clock is not time.monotonic() (ALSA: wall clock),
-        # and this Python callback may run well after PortAudio took its
-        # timestamps (it waits for the GIL): map the clocks by the smallest
-        # (now - currentTime) of the last ~2 s of callbacks.
-        lat = time_info.outputBufferDacTime - time_info.currentTime
-        if 0.0 < lat < 2.0 and time_info.currentTime > 0.0:
-            self._clock_off.append(now - time_info.currentTime)
-            t_play = time_info.outputBufferDacTime + min(self._clock_off)
-        else:  # host API without timing: PortAudio's nominal latency
-            t_play = now + self.output_latency_s
-        t_play += self.correction_s
-        if self._next_t_play is not None and t_play - self._next_t_play > 0.005:
-            self.underruns += 1  # a gap in the output (recovered xrun), whatever the flags say
-        self._next_t_play = t_play + n / self.rate
+    def _reopen(self, req: float, delay: float) -> None:  # noqa: ARG002
+        with self._stream_lock:
+            st, self._stream = self._stream, None
+            if st is not None:
+                self._close_stream(st)
+            if self._stop.is_set():
+                return
+            with self._render_lock:
+                self._open(req)
+        self.reopens += 1
+
+    def _render_loop(self) -> None:
+        while not self._stop.wait(0.005):
+            try:
+                with self._render_lock:
+                    reopen = self._render_step()
+                if reopen is not None:
+                    self._reopen(*reopen)
+            except Exception as e:  # noqa: BLE001 -- keep the device fed
+                self.render_errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                self._synced = False
+                time.sleep(0.05)
+
+    def _render_step(self, in_callback: bool = False) -> tuple[float, float] | None:
+        """Render what the source has; returns (latency, delay) when the
+        stream should be re-opened (done by the render thread, unlocked)."""
+        self._update_clock()
         delay = self.delay_fn()
-        if delay is None:
+        if delay is None or self._a is None:
             self._synced = False
             return None
-        k_des = self.source.sample_index(t_play - delay)
-        if k_des is None:
-            self._synced = False
-            return None
-        if not self._synced or abs(self._src_index_of(self._u) - k_des) > self.resync_s * self.src_rate:
-            self._resync(k_des)
-        # PI control on the delay error (s); > 0: playing too-recent audio.
-        err = (self._src_index_of(self._u) - k_des) / self.src_rate
-        self._err += 0.2 * (err - self._err)
-        dt = n / self.rate
-        self._integ = float(np.clip(self._integ + self._err * dt,
-                                    -self.max_correction / max(self.ki, 1e-9),
-                                    self.max_correction / max(self.ki, 1e-9)))
-        corr = float(np.clip(self.kp * self._err + self.ki * self._integ,
-                             -self.max_correction, self.max_correction))
-        self._ratio = 1.0 - corr
-        # Upsampled samples needed: up to floor(u + ratio * (n - 1)) + 1.
-        need = int(np.floor(self._u + self._ratio * (n - 1))) + 2
+        if not in_callback and time.monotonic() - self._opened_at > 1.0:
+            req = self._reopen_request(delay)
+            if req is not None:
+                return req, delay
+        if self._synced and self._seek_delay is not None \
+                and abs(delay - self._seek_delay) >= self.seek_on_change_s:
+            self._synced = False  # a deliberate change of the target: seek to it
+        chunk = self.rate // 100  # 10 ms: the ring fills steadily, whatever the block
+        N = self._ring.shape[0]
+        written = self.source.samples_written
+        for _ in range(64):
+            if self._synced:
+                j = self._rendered
+                if self._played > j:  # fell behind: skip what was played as silence
+                    self._u += (1.0 - self._c) * (self._played - j)
+                    j = self._played
+            else:
+                j = self._played + chunk
+            if j + chunk > self._played + N - chunk:
+                return None  # the ring is full
+            t_play = self.play_time(j)
+            k_des = self.source.sample_index(t_play - delay)
+            if k_des is None:
+                self._synced = False
+                return None
+            if not self._synced:
+                self._seek(j, k_des)
+                self._seek_delay = delay
+            err = (self._src_index_of(self._u) - k_des) / self.src_rate  # > 0: too recent
+            if abs(err) > self.seek_s:
+                self._seek(j, k_des)
+                self._seek_delay = delay
+                err = 0.0
+            # Enough captured to render this chunk (plus the filter's look-ahead)?
+            s_end = self._src_index_of(self._u + chunk * (1.0 + self.fast_correction)) \
+                + self._res.delay_s * self.src_rate + 2
+            if s_end > written:
+                written = self.source.samples_written
+                if s_end > written:
+                    return None
+            # Slow correction: resample by c (> 0: the source advances slower).
+            dt = chunk / self.rate
+            self._err += (dt / 0.5) * (err - self._err)  # ~0.5 s smoothing of noise
+            lim = self.max_correction if abs(self._err) < 0.03 else self.fast_correction
+            self._integ = float(np.clip(self._integ + self._err * dt / (self.tau_s * 10.0),
+                                        -self.max_correction, self.max_correction))
+            self._c = float(np.clip(self._err / self.tau_s + self._integ, -lim, lim))
+            ratio = 1.0 - self._c
+            y = self._render(chunk, ratio)
+            p = j % N
+            first = min(chunk, N - p)
+            self._ring[p:p + first] = y[:first]
+            if first < chunk:
+                self._ring[:chunk - first] = y[first:]
+            self._rendered = j + chunk
+            with self._lock:
+                self._err_hist.append(err)
+                self._model_hist.append((t_play, delay - err))
+        return None
+
+    def _render(self, n: int, ratio: float) -> np.ndarray:
+        need = int(np.floor(self._u + ratio * (n - 1))) + 2
         while self._u_base + self._U.shape[0] < need:
             k = max(1, int(np.ceil((need - self._u_base - self._U.shape[0])
                                    * self.src_rate / self.rate)) + 1)
-            written = self.source.samples_written
-            if self._feed_pos + k > written:
-                self.starved += 1
             x = self.source.read_span(self._feed_pos, k)
             self._feed_pos += k
             self._U = np.concatenate([self._U, self._res.process(x)])
-        pos = self._u + self._ratio * np.arange(n) - self._u_base
+        pos = self._u + ratio * np.arange(n) - self._u_base
         i0 = np.floor(pos).astype(np.int64)
         w = (pos - i0).astype(np.float32)
         U = self._U
         y = U[i0] + w * (U[i0 + 1] - U[i0])
-        self._u += self._ratio * n
+        self._u += ratio * n
         drop = int(np.floor(self._u)) - self._u_base - 1
         if drop > 0:
             self._U = self._U[drop:]
@@ -632,21 +885,33 @@ class DelayedPlayer:
             start = total - self._fade
             y[:m] *= (np.arange(start, start + m, dtype=np.float32) / total)
             self._fade -= m
-        with self._lock:
-            self._err_hist.append(err)
-            del self._err_hist[:-200]
         return y
+
+    def modelled_delay_at(self, t: float) -> float | None:
+        """The delay the player believes it achieves for audio playing at ``t``."""
+        with self._lock:
+            hist = list(self._model_hist)
+        if not hist:
+            return None
+        ts = np.array([h[0] for h in hist])
+        i = int(np.argmin(np.abs(ts - t)))
+        return float(hist[i][1]) if abs(ts[i] - t) < 0.5 else None
 
     def stats(self) -> dict:
         with self._lock:
-            hist = list(self._err_hist)
+            hist = list(self._err_hist)[-200:]
         q = np.percentile(hist, [5, 50, 95]) * 1000.0 if hist else None
+        depth = self.depth_s
         return {"synced": self._synced, "delay_error_ms": None if q is None else float(q[1]),
                 "delay_error_p95_p5_ms": None if q is None else float(q[2] - q[0]),
-                "drift_ppm": (1.0 / self._ratio - 1.0) * 1e6 if self._synced else 0.0,
-                "underruns": self.underruns, "starved": self.starved, "resyncs": self.resyncs,
-                "callbacks": self.callbacks, "callback_errors": self.callback_errors,
+                "drift_ppm": self._c * 1e6 if self._synced else 0.0,
+                "underruns": self.underruns + self.underflow_flags, "starved": self.starved,
+                "resyncs": self.resyncs, "reopens": self.reopens,
+                "callbacks": self.callbacks, "callback_renders": self.callback_renders,
+                "callback_errors": self.callback_errors,
+                "render_errors": self.render_errors,
                 "output_latency_ms": self.output_latency_s * 1000.0,
+                "device_queue_ms": None if depth is None else depth * 1000.0,
                 "latency_correction_ms": self.correction_s * 1000.0,
                 "loop_updates": self.loop_updates,
                 "last_error": self.last_error}
@@ -660,13 +925,17 @@ class LoopMeter:
     every ``every_s`` with the source audio around ``delay`` earlier; the
     lag of the correlation peak is the error of the player's play-time
     estimate, and half of it is folded into ``player.correction_s`` each
-    time. Silence (nothing to correlate) leaves the correction alone.
+    time (at most ``max_step_s``, and only over stretches without a seek or
+    a starved block). It is measured against the delay the player believes
+    it achieves at that moment (``modelled_delay_at``), so a slewing player
+    does not wind it up. Silence (nothing to correlate) leaves it alone.
     """
 
     def __init__(self, source, monitor_device: str, player: DelayedPlayer,
                  every_s: float = 0.5, window_s: float = 1.0, search_s: float = 0.25,
-                 gain: float = 0.5) -> None:
+                 gain: float = 0.5, max_step_s: float = 0.005) -> None:
         self.source = source
+        self.max_step_s = max_step_s
         self.monitor_device = monitor_device
         self.player = player
         self.every_s, self.window_s, self.search_s, self.gain = every_s, window_s, search_s, gain
@@ -732,15 +1001,25 @@ class LoopMeter:
                     continue
                 # Audio that has surely arrived on the monitor by now.
                 t_end = time.monotonic() - 0.1
-                err = self.measure(t_end, delay)
+                # Against the delay the player believes it plays (it may be
+                # slewing towards the target): what is left is the error of
+                # its play clock, folded in (no windup while it slews).
+                model = self.player.modelled_delay_at(t_end - 0.5 * self.window_s)
+                if model is None or \
+                        self.player.last_disturbance > t_end - self.window_s - 0.3:
+                    continue  # only a steady stretch says anything about the clock
+                err = self.measure(t_end, model)
                 if err is None or abs(err) > self.search_s * 0.9:
                     continue
                 self.measured_ms = err * 1000.0
                 self.measurements += 1
                 # Achieved delay too short (err < 0): the sound plays earlier than
-                # the estimate says, so the estimate moves earlier.
-                self.player.correction_s += self.gain * err
-                self.player.loop_updates += 1
+                # the estimate says, so the estimate moves earlier. Small steps
+                # (the player slews to them by resampling), none below 2 ms.
+                if abs(err) >= 0.002:
+                    self.player.correction_s += float(np.clip(self.gain * err,
+                                                              -self.max_step_s, self.max_step_s))
+                    self.player.loop_updates += 1
             except Exception as e:  # noqa: BLE001 -- the meter must not take the stream down
                 self.error = f"{type(e).__name__}: {e}"
 
