@@ -97,7 +97,11 @@ def probe_speed(generator, fps: float, seconds: float = 0.8) -> float:
     from engine.serving import EngineStream
     from engine.stream import KnotForcingStream
 
+    from kf_desktop.compute import engine_threads
+
     st = generator.stream
+    if st.device.type == "cpu":  # measured as the engine thread will run it
+        torch.set_num_threads(engine_threads(guide_only=False))
     kind = EngineStream if isinstance(st, EngineStream) else KnotForcingStream  # the same code path
     probe = kind(st.model, st.cfg, allow_untrained=True)
     g = torch.rand(1, 3, st.H, st.W, device=st.device)

@@ -18,6 +18,7 @@ import torch
 
 from engine.motion_guide import MotionGuide
 from engine.paste_back import PasteBack
+from kf_desktop.compute import engine_threads
 from kf_desktop.frames import FaceResult
 from kf_desktop.generators import Generator, GuideOnlyGenerator
 from kf_desktop.portrait import Portrait
@@ -85,13 +86,12 @@ class AvatarRenderer:
             self._reset_neutral = True
 
     def configure_thread(self) -> None:
-        """Call once from the thread that will run ``step``. Guide-only work is
-        a few small ops per frame: on CPU a second intra-op thread only fights
-        the capture thread (mediapipe) for the cores; measured 3-10x slower
-        with the default 2 threads on a 2-core machine. (torch's setting may
-        be process-wide; nothing else in the guide-only process needs more.)"""
-        if self.device.type == "cpu" and isinstance(self.generator, GuideOnlyGenerator):
-            torch.set_num_threads(1)
+        """Call once from the thread that will run ``step``: torch's intra-op
+        threads per kf_desktop.compute.engine_threads (one on a 2-core CPU).
+        torch's setting may be process-wide; nothing else in the process
+        needs more."""
+        if self.device.type == "cpu":
+            torch.set_num_threads(engine_threads(isinstance(self.generator, GuideOnlyGenerator)))
 
     @property
     def portrait(self) -> Portrait:

@@ -134,3 +134,14 @@ def test_auto_mode_decides_from_evaluation_and_measured_speed(tmp_path):
     assert isinstance(gen, GuideOnlyGenerator)
     assert seen[-1].mode == "guide" and "frames/s" in seen[-1].reason
     assert isinstance(make_generator("auto", "cpu", weights=tmp_path / "none"), GuideOnlyGenerator)
+
+
+def test_engine_threads_leave_a_core_to_the_face_tracker(monkeypatch):
+    from kf_desktop.compute import engine_threads
+
+    monkeypatch.delenv("KF_ENGINE_THREADS", raising=False)
+    assert engine_threads(True, cores=16) == 1  # guide-only: a few small ops per frame
+    assert engine_threads(False, cores=2) == 1
+    assert engine_threads(False, cores=8) == 6
+    monkeypatch.setenv("KF_ENGINE_THREADS", "2")
+    assert engine_threads(False, cores=2) == 2
