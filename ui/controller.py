@@ -90,6 +90,7 @@ class Controller(QObject):
         w.generator_combo.currentIndexChanged.connect(self._on_option_widget)
         w.device_combo.currentIndexChanged.connect(self._on_option_widget)
         w.gains_panel.gains_changed.connect(self._on_option_widget)
+        w.vmic.changed.connect(self._on_vmic_widget)
         w.vcam_fix_button.clicked.connect(self._show_vcam_fix)
         w.video_button.clicked.connect(self.choose_video)
         w.closing.connect(self._on_close)
@@ -105,6 +106,7 @@ class Controller(QObject):
         b.portrait_rejected.connect(lambda p, m, h: w.portrait_picker.set_rejected(p, m))
         b.vcam_changed.connect(self._on_vcam)
         b.stats_updated.connect(self._on_stats)
+        b.vmic_checked.connect(w.vmic.show_check)
         self.watcher.cameras_changed.connect(self._on_cameras)
         w.camera_combo.popup_opening.connect(self.watcher.refresh)
         w.mic_combo.popup_opening.connect(self.watcher.refresh)
@@ -137,6 +139,8 @@ class Controller(QObject):
         self._update_enabled()
         self.watcher.start()
         self.bridge.probe_vcam()
+        if w.vmic.wanted:
+            self.bridge.probe_vmic()
         if portrait:  # `kf-desktop gui PHOTO`, "Open with" on a photo
             self.request_portrait(str(portrait))
 
@@ -173,6 +177,8 @@ class Controller(QObject):
             check.setChecked(value)
             check.blockSignals(False)
         w.preview.set_mirror(s.preview_mirror)
+        w.vmic.set_mic_mode(uses_mic(w.mode_combo.currentData()))
+        w.vmic.load(s.virtual_mic, s.av_trim_ms)
         w.gains_panel.set_gains(s.gains)
         if s.geometry is not None:
             w.restoreGeometry(s.geometry)
@@ -193,6 +199,8 @@ class Controller(QObject):
             out_size=tuple(w.size_combo.currentData()),
             vcam_enabled=w.vcam_check.isChecked(),
             output_mirror=w.output_mirror_check.isChecked(),
+            virtual_mic=w.vmic.wanted,
+            av_trim_ms=w.vmic.trim_ms(),
             gains=w.gains_panel.gains(),
         )
 
@@ -208,6 +216,8 @@ class Controller(QObject):
         s.generator = w.generator_combo.currentData()
         s.compute_device = w.device_combo.currentData()
         s.gains = w.gains_panel.gains()
+        s.virtual_mic = w.vmic.wanted
+        s.av_trim_ms = w.vmic.trim_ms()
         self._update_enabled()
         vcam_was = self.bridge.options.vcam_enabled
         if not w.vcam_check.isChecked():
@@ -216,6 +226,12 @@ class Controller(QObject):
         if self.bridge.state == STOPPED and w.vcam_check.isChecked() != vcam_was:
             self._on_vcam(VcamStatus("off"))
             self.bridge.probe_vcam()
+
+    def _on_vmic_widget(self) -> None:
+        was = self.bridge.options.virtual_mic
+        self._on_option_widget()
+        if self.window.vmic.wanted and not was:
+            self.bridge.probe_vmic()  # the doctor's check, for the status line
 
     # -- video files as cameras (worker thread for _list_inputs) ---------------
     def _list_inputs(self) -> list:
@@ -269,6 +285,7 @@ class Controller(QObject):
         mode = w.mode_combo.currentData()
         w.camera_combo.setEnabled(uses_camera(mode))
         w.mic_combo.setEnabled(uses_mic(mode))
+        w.vmic.set_mic_mode(uses_mic(mode))
 
     def _on_preview_mirror(self, on: bool) -> None:
         self.window.preview.set_mirror(on)
@@ -321,6 +338,7 @@ class Controller(QObject):
         w = self.window
         w.set_state_text(state)
         w.preview.set_live(state == RUNNING)
+        w.vmic.set_running(state == RUNNING)
         if state == STOPPED:
             if self.bridge.paused:
                 self.set_paused(False)
@@ -375,6 +393,7 @@ class Controller(QObject):
         if vc.get("open") and vc.get("send_fps"):
             parts.append(f"virtual camera {vc['send_fps']:.1f} fps")
         w.stats_label.setText("   ·   ".join(parts))
+        w.vmic.show_snapshot(snap)
 
     def _on_notice(self, n: Notice) -> None:
         w = self.window
@@ -450,6 +469,7 @@ class Controller(QObject):
             options={"mode": opts.mode, "generator": opts.generator, "device": opts.device,
                      "out_size": opts.out_size, "vcam": opts.vcam_enabled,
                      "output_mirror": opts.output_mirror, "gains": opts.gains,
+                     "virtual_mic": opts.virtual_mic, "av_trim_ms": opts.av_trim_ms,
                      "portrait": opts.portrait},
             state=self.bridge.state, vcam=w.vcam_status.text(), snapshot=snap,
             log_lines=self.log_setup.recent.lines() if self.log_setup else [],

@@ -16,6 +16,7 @@ from ui.hotkeys import HOTKEYS, native_text
 from ui.options import COMPUTE_DEVICES, GENERATORS, MODES, OUTPUT_SIZES
 from ui.portrait_picker import PortraitPicker, is_image_path
 from ui.preview_widget import PreviewWidget
+from ui.virtual_mic_control import VirtualMicControl
 
 PANEL_WIDTH = 360
 
@@ -139,6 +140,8 @@ class MainWindow(QMainWindow):
         out.addRow("Status", status)
         out.addRow("Resolution", self.size_combo)
         out.addRow(self.output_mirror_check)
+        self.vmic = VirtualMicControl()
+        out.addRow(self.vmic)
 
         self.gains_panel = GainsPanel()
 

@@ -85,10 +85,20 @@ class StreamOptions:
     fps: float = 30.0
     vcam_enabled: bool = True
     output_mirror: bool = False
+    #: The delayed virtual microphone (issue 11; `kf-desktop run --virtual-mic`)
+    #: and its A/V trim (`--av-trim`, ms); it needs a microphone input.
+    virtual_mic: bool = False
+    av_trim_ms: float = 0.0
     gains: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GAINS))
 
     def with_(self, **kw) -> "StreamOptions":
         return replace(self, **kw)
+
+    @property
+    def sync_audio(self) -> bool:
+        """The virtual microphone is asked for and the mode has a microphone:
+        the virtual camera then holds frames to a constant delay."""
+        return self.virtual_mic and uses_mic(self.mode)
 
     def restart_key(self) -> tuple:
         """The options whose change needs a new session (the rest are applied
@@ -98,4 +108,5 @@ class StreamOptions:
         appears when the session has none is."""
         cam = self.camera.name if self.camera and self.camera.key is not None else None
         mic = self.mic.name if self.mic and self.mic.key is not None else None
-        return (self.mode, cam, mic, self.generator, self.device, self.out_size, self.fps)
+        return (self.mode, cam, mic, self.generator, self.device, self.out_size, self.fps,
+                self.sync_audio)

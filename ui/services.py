@@ -77,10 +77,30 @@ def open_mic(entry: DeviceEntry, opts: StreamOptions) -> Any:
 
 
 def make_vcam(opts: StreamOptions, mirror: bool, backend: str | None = None) -> Any:
+    w, h = opts.out_size
+    if opts.sync_audio:
+        # As `kf-desktop run --virtual-mic`: frames held to a constant delay,
+        # which the virtual microphone then matches.
+        from kf_desktop.av_delay import HeldVirtualCameraSink
+
+        return HeldVirtualCameraSink(w, h, opts.fps, backend=backend, mirror=mirror)
     from kf_desktop.sinks import VirtualCameraSink
 
-    w, h = opts.out_size
     return VirtualCameraSink(w, h, opts.fps, backend=backend, mirror=mirror)
+
+
+def check_virtual_mic() -> tuple[bool, str, str]:
+    """(ok, detail, fix): the check `kf-desktop doctor` runs."""
+    from kf_desktop.audio.virtual_mic import check_virtual_mic as _check
+
+    return _check()
+
+
+def make_virtual_mic(opts: StreamOptions) -> Any:
+    """The delayed virtual microphone sink of `kf-desktop run --virtual-mic --av-trim MS`."""
+    from kf_desktop.audio.virtual_mic import VirtualMicSink
+
+    return VirtualMicSink(opts.av_trim_ms)
 
 
 def probe_vcam(opts: StreamOptions, backend: str | None = None) -> tuple[bool, str, str]:
@@ -133,7 +153,10 @@ def make_gains(values: dict[str, float]) -> Any:
 
 def make_session(*, opts: StreamOptions, device: str, portrait: Any, source_factory: Callable | None,
                  mic_factory: Callable | None, generator: Any, sinks: list,
-                 on_event: Callable) -> Any:
+                 on_event: Callable, virtual_mic: Any = None, video: Any = None) -> Any:
+    """``virtual_mic`` (from make_virtual_mic) is wired as the CLI does it: the
+    mouth at a fixed lag, the sink attached to the session and to ``video``
+    (whose ``target_delay_s`` it matches)."""
     from kf_desktop.session import Session, SessionConfig
 
     fields = {f.name for f in dataclasses.fields(SessionConfig)}
@@ -155,8 +178,16 @@ def make_session(*, opts: StreamOptions, device: str, portrait: Any, source_fact
         idle = default_idle_motion()
         if idle is not None:
             kw["idle_motion"] = idle
+    if virtual_mic is not None:
+        from kf_desktop.audio.virtual_mic import DEFAULT_AUDIO_LAG_MS
+
+        kw["audio_lag_ms"] = DEFAULT_AUDIO_LAG_MS
+        sinks = [*sinks, virtual_mic]
     kw = {k: v for k, v in kw.items() if k in fields}
-    return Session(SessionConfig(**kw), sinks, on_event=on_event)
+    session = Session(SessionConfig(**kw), sinks, on_event=on_event)
+    if virtual_mic is not None:
+        virtual_mic.attach(session, video)
+    return session
 
 
 def default_idle_motion() -> Callable | None:
@@ -186,6 +217,8 @@ class Services:
     make_vcam: Callable[[StreamOptions, bool], Any] = make_vcam
     probe_vcam: Callable[[StreamOptions], tuple[bool, str, str]] = probe_vcam
     vcam_fix: Callable[[], str] = vcam_fix
+    check_virtual_mic: Callable[[], tuple[bool, str, str]] = check_virtual_mic
+    make_virtual_mic: Callable[[StreamOptions], Any] = make_virtual_mic
     load_portrait: Callable[[str], Any] = load_portrait
     resolve_device: Callable[[str], str] = resolve_device
     make_generator: Callable[[str, str], Any] = make_generator

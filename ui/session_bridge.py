@@ -103,6 +103,7 @@ class SessionBridge(QObject):
     portrait_rejected = Signal(str, str, str)  # path, message, hint
     vcam_changed = Signal(object)  # VcamStatus
     stats_updated = Signal(object)  # dict: Session.snapshot() + "preview"
+    vmic_checked = Signal(bool, str, str)  # ok, detail, fix: the doctor's virtual-mic check
 
     def __init__(self, services: Services | None = None, options: StreamOptions | None = None,
                  parent: QObject | None = None, stats_interval_ms: int = 500) -> None:
@@ -114,6 +115,7 @@ class SessionBridge(QObject):
         self._state = STOPPED
         self._session: Any = None
         self._session_opts: StreamOptions | None = None  # as resolved at start
+        self._vmic: Any = None  # the running session's VirtualMicSink
         self._slot = VcamSlot(self._make_vcam, mirror=self._opts.output_mirror)
         self._portrait_path = self._opts.portrait or self.services.default_portrait
         self._portrait_obj: Any = None  # validated Portrait for _portrait_path
@@ -184,6 +186,9 @@ class SessionBridge(QObject):
             self._slot.set_mirror(opts.output_mirror)
         if opts.vcam_enabled != old.vcam_enabled:
             self._submit(self._op_vcam)
+        vmic = self._vmic
+        if opts.av_trim_ms != old.av_trim_ms and vmic is not None:
+            vmic.set_trim_ms(opts.av_trim_ms)  # live, like the sink's own trim
         if self._state in (STARTING, RUNNING):
             self._submit(self._op_restart)  # decides on the worker, after a pending start
 
@@ -192,6 +197,11 @@ class SessionBridge(QObject):
         status then says "Ready" or how to install one)."""
         if self._state == STOPPED and self.options.vcam_enabled:
             self._submit(self._op_probe_vcam)
+
+    def probe_vmic(self) -> None:
+        """Run the doctor's virtual-microphone check off the GUI thread
+        (``vmic_checked`` answers)."""
+        self._submit(self._op_probe_vmic)
 
     def set_portrait_path(self, path: str) -> None:
         """The portrait to start with, unchecked (it was accepted before; the
@@ -421,6 +431,14 @@ class SessionBridge(QObject):
         else:
             self.vcam_changed.emit(VcamStatus("error", message=detail, hint=fix))
 
+    def _op_probe_vmic(self) -> None:
+        try:
+            ok, detail, fix = self.services.check_virtual_mic()
+        except Exception as e:
+            log.exception("virtual microphone check failed")
+            ok, detail, fix = False, f"{type(e).__name__}: {e}", ""
+        self.vmic_checked.emit(bool(ok), str(detail), str(fix))
+
     def _op_vcam(self) -> None:
         enabled = self.options.vcam_enabled
         if not enabled:
@@ -525,17 +543,23 @@ class SessionBridge(QObject):
             self._notify("warning", "no_mic", "No microphone found",
                          "plug in a microphone (or pick one in Input); the avatar keeps "
                          "streaming with idle motion")
+        if self._slot.is_open and self._slot.held != opts.sync_audio:
+            self._slot.close()  # held (constant delay) for the virtual microphone, or not
         if opts.vcam_enabled and not self._slot.is_open:
             self._open_vcam()
         from kf_desktop.sinks import PreviewSink
 
         def build(src_factory: Callable | None, audio_factory: Callable | None) -> Any:
+            # The virtual microphone plays the session's own microphone: none without one.
+            self._vmic = (svc.make_virtual_mic(opts)
+                          if opts.sync_audio and audio_factory is not None else None)
             return svc.make_session(opts=opts, device=device,
                                     portrait=self._portrait_obj or self._portrait_path,
                                     source_factory=src_factory, mic_factory=audio_factory,
                                     generator=generator,
                                     sinks=[PreviewSink(self._on_preview), self._slot],
-                                    on_event=self._on_event)
+                                    on_event=self._on_event, virtual_mic=self._vmic,
+                                    video=self._slot)
 
         self.busy.emit("Loading the portrait and opening the camera…")
         session = build(source_factory, mic_factory)
@@ -607,6 +631,7 @@ class SessionBridge(QObject):
     def _stop_session(self) -> None:
         session, self._session = self._session, None
         self._session_opts = None
+        self._vmic = None
         if session is None:
             return
         self.busy.emit("Stopping…")

@@ -135,6 +135,25 @@ class SettingsStore:
         self.qs.setValue("output/mirror", bool(v))
 
     @property
+    def virtual_mic(self) -> bool:
+        return self._bool("output/virtual_mic", False)
+
+    @virtual_mic.setter
+    def virtual_mic(self, v: bool) -> None:
+        self.qs.setValue("output/virtual_mic", bool(v))
+
+    @property
+    def av_trim_ms(self) -> float:
+        """The virtual microphone's A/V trim, clamped like `--av-trim`."""
+        from kf_desktop.audio.virtual_mic import clamp_trim
+
+        return clamp_trim(self._float("output/av_trim_ms", 0.0))
+
+    @av_trim_ms.setter
+    def av_trim_ms(self, v: float) -> None:
+        self.qs.setValue("output/av_trim_ms", float(v))
+
+    @property
     def preview_mirror(self) -> bool:
         # Like every meeting app's self-view: mirrored by default.
         return self._bool("preview/mirror", True)

@@ -86,6 +86,17 @@ class VcamSlot:
     def is_open(self) -> bool:
         return self._sink is not None
 
+    @property
+    def held(self) -> bool:
+        """The open camera holds frames to a constant delay (HeldVirtualCameraSink)."""
+        return hasattr(self._sink, "target_delay_s")
+
+    def target_delay_s(self) -> float | None:
+        """What the virtual microphone delays itself by: the held camera's
+        target (None while it is measured), 0 without a held camera."""
+        fn = getattr(self._sink, "target_delay_s", None)
+        return fn() if fn is not None else 0.0
+
     def open(self) -> VcamStatus:
         """Open the virtual camera if it is not open. Raises UserError."""
         with self._lock:
