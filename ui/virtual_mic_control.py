@@ -28,16 +28,16 @@ def trim_text(ms: float) -> str:
 def snapshot_status(snap: dict) -> tuple[str, str] | None:
     """(state, text) of the running virtual microphone from a session
     snapshot, or None when the session has none."""
+    from kf_desktop.audio.virtual_mic import vmic_summary
     from kf_desktop.av_delay import hold_summary
 
     vm = (snap.get("sinks") or {}).get("VirtualMicSink")
     if not isinstance(vm, dict):
         return None
     if vm.get("status") == "live":
-        d = vm.get("delay_ms")
-        audio = f"audio +{d:.0f} ms" if d is not None else "waiting for the video delay"
-        lines = [f"Live: {vm.get('device') or vm.get('detail') or 'virtual microphone'}, {audio}, "
-                 f"{vm.get('underruns', 0)} underruns"]
+        # the CLI status line's words: "+165 ms (trim +0), 0 underruns, drift +0 ppm"
+        audio = (vmic_summary(snap) or "").removeprefix("virtual mic ")
+        lines = [f"Live: {vm.get('device') or 'virtual microphone'}, audio {audio}"]
         hold = hold_summary(snap)
         if hold:
             lines.append(hold[0].upper() + hold[1:])
