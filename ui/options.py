@@ -106,7 +106,12 @@ class StreamOptions:
         (``key`` not None): a chosen camera that is unplugged mid-stream is the
         session's to reopen, not a reason to restart, while a camera that
         appears when the session has none is."""
-        cam = self.camera.name if self.camera and self.camera.key is not None else None
-        mic = self.mic.name if self.mic and self.mic.key is not None else None
+        # A device the mode does not use counts as none (the session's
+        # options record it so): changing the trim in mic-only mode with a
+        # camera listed must not restart the stream.
+        cam = self.camera.name if (self.camera and self.camera.key is not None
+                                   and uses_camera(self.mode)) else None
+        mic = self.mic.name if self.mic and self.mic.key is not None and uses_mic(self.mode) \
+            else None
         return (self.mode, cam, mic, self.generator, self.device, self.out_size, self.fps,
                 self.sync_audio)
