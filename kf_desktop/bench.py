@@ -77,11 +77,14 @@ def _peak_rss_mb() -> float:
 
 
 def measure_stages(portrait, clip: Path, out_size, device: str, mode: str,
-                   frames: int = 150) -> dict:
+                   frames: int = 150, weights: Path | None = None) -> dict:
     """Every stage back to back on ``frames`` frames; returns ms percentiles."""
+    from kf_desktop.blas_threads import limit_blas_threads
+
+    limit_blas_threads(1)  # as the session does: the guide's small solves (blas_threads.py)
     stats = RollingStats(window=frames)
     renderer = AvatarRenderer(portrait, out_size=out_size, device=device,
-                              generator=make_generator(mode, device), stats=stats)
+                              generator=make_generator(mode, device, weights=weights), stats=stats)
     renderer.configure_thread()
     vc = MemoryVcam(keep_last=1, name="kf_bench_stages")
     vc.register()
@@ -109,13 +112,15 @@ def measure_stages(portrait, clip: Path, out_size, device: str, mode: str,
 
 
 def measure_live(portrait, clip: Path, out_size, fps: float, device: str, mode: str,
-                 seconds: float) -> dict:
+                 seconds: float, weights: Path | None = None) -> dict:
+    from kf_desktop.av_delay import HeldVirtualCameraSink  # what `run` and the GUI use
+
     vc = MemoryVcam(keep_last=1, name="kf_bench_live")
     vc.register()
-    vcam = VirtualCameraSink(out_size[0], out_size[1], fps, backend=vc.name)
+    vcam = HeldVirtualCameraSink(out_size[0], out_size[1], fps, backend=vc.name)
     cfg = SessionConfig(portrait=portrait, source_factory=lambda: PacedSource(clip, fps),
                         out_size=out_size, fps=fps, device=device,
-                        generator_factory=lambda: make_generator(mode, device))
+                        generator_factory=lambda: make_generator(mode, device, weights=weights))
     session = Session(cfg, [vcam])
     try:
         session.start()
@@ -126,7 +131,7 @@ def measure_live(portrait, clip: Path, out_size, fps: float, device: str, mode: 
     finally:
         session.stop()
         vc.unregister()
-    v = snap["sinks"]["VirtualCameraSink"]
+    v = snap["sinks"][type(vcam).__name__]
     return {
         "input_fps": fps,
         "engine_fps": snap["fps"].get("engine", 0.0),
@@ -136,6 +141,7 @@ def measure_live(portrait, clip: Path, out_size, fps: float, device: str, mode: 
         "dropped": snap["dropped"],
         "latency_to_sink_ms": snap["ms"].get("latency", {}),
         "latency_to_vcam_send_ms": {k: v["latency_ms"][k] for k in ("p50", "p95", "p99")},
+        "hold": v.get("hold"),
     }
 
 
@@ -171,6 +177,10 @@ def format_table(result: dict) -> str:
                  f"p95 {lat.get('p95', 0):6.1f}  p99 {lat.get('p99', 0):6.1f} ms")
     lines.append(f"  latency capture->vcam send p50 {lat2['p50'] or 0:6.1f}  "
                  f"p95 {lat2['p95'] or 0:6.1f}  p99 {lat2['p99'] or 0:6.1f} ms")
+    hold = live.get("hold") or {}
+    if hold.get("target_ms") is not None:
+        lines.append(f"  held video delay {hold['target_ms']:.0f} ms ({'auto' if hold.get('auto') else 'set'}), "
+                     f"jitter {hold.get('jitter_ms') or 0:.1f} ms, {hold.get('late', 0)} late frames")
     lines.append(f"peak memory (RSS): {result['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
@@ -203,9 +213,10 @@ def run_bench(args: argparse.Namespace) -> int:
     with FaceAnalyzer(static=True, max_faces=2) as still:
         portrait = load_portrait(DEFAULT_PORTRAIT, still)
     print("measuring stages...", file=sys.stderr, flush=True)
-    stages = measure_stages(portrait, clip, args.size, device, args.mode)
+    weights = Path(args.weights) if args.weights else None
+    stages = measure_stages(portrait, clip, args.size, device, args.mode, weights=weights)
     print(f"running a live session for {args.seconds:g} s...", file=sys.stderr, flush=True)
-    live = measure_live(portrait, clip, args.size, args.fps, device, args.mode, args.seconds)
+    live = measure_live(portrait, clip, args.size, args.fps, device, args.mode, args.seconds, weights=weights)
     result = {
         "config": {"generator": "guide-only" if args.mode == "guide" else "knot-forcing",
                    "device": device, "size": f"{args.size[0]}x{args.size[1]}",

@@ -15,7 +15,7 @@ from kf_desktop.generators import make_generator
 from kf_desktop.idle_motion import IdleMotion
 from kf_desktop.session import Session, SessionConfig, SessionEvent
 from kf_desktop.signals import handle_termination
-from kf_desktop.sinks import NullSink, RecorderSink, VirtualCameraSink
+from kf_desktop.sinks import NullSink, RecorderSink
 from kf_desktop.sources import CameraSource, VideoFileSource
 
 
@@ -92,7 +92,12 @@ def run_live(args: argparse.Namespace) -> int:
             vmic = VirtualMicSink(getattr(args, "av_trim", 0.0) or 0.0)
             sinks.append(vmic)
     elif args.vcam:
-        sinks.append(VirtualCameraSink(w, h, args.fps))
+        # Always a constant capture-to-send delay: it paces a chunked
+        # generator's frames (c at a time) at their capture cadence, where a
+        # plain newest-frame sender would show only the last of each chunk.
+        from kf_desktop.av_delay import HeldVirtualCameraSink
+
+        sinks.append(HeldVirtualCameraSink(w, h, args.fps, delay_ms=getattr(args, "video_delay", None)))
     if args.record:
         # realtime: placed by capture time, so the file plays at wall-clock speed
         sinks.append(RecorderSink(Path(args.record), w, h, args.fps, realtime=True))

@@ -104,7 +104,10 @@ class Session:
         self._events: list[SessionEvent] = []
         self._events_lock = threading.Lock()
         self._drive_q: DropOldestQueue[DrivingSignal] = DropOldestQueue(2)
-        self._out_q: DropOldestQueue[RenderedFrame] = DropOldestQueue(2)
+        # 4, not 2: a chunked generator hands over c = 3 frames at once, and
+        # a 2-slot queue dropped one of every chunk (issue 12's live bench:
+        # engine 21 fps, output 14 fps)
+        self._out_q: DropOldestQueue[RenderedFrame] = DropOldestQueue(4)
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._control_lock = threading.Lock()

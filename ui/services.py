@@ -78,15 +78,12 @@ def open_mic(entry: DeviceEntry, opts: StreamOptions) -> Any:
 
 def make_vcam(opts: StreamOptions, mirror: bool, backend: str | None = None) -> Any:
     w, h = opts.out_size
-    if opts.sync_audio:
-        # As `kf-desktop run --virtual-mic`: frames held to a constant delay,
-        # which the virtual microphone then matches.
-        from kf_desktop.av_delay import HeldVirtualCameraSink
+    # As `kf-desktop run`: frames held to a constant delay, which the virtual
+    # microphone then matches, and which paces a chunked generator's frames
+    # (c at a time) at their capture cadence instead of showing the last one.
+    from kf_desktop.av_delay import HeldVirtualCameraSink
 
-        return HeldVirtualCameraSink(w, h, opts.fps, backend=backend, mirror=mirror)
-    from kf_desktop.sinks import VirtualCameraSink
-
-    return VirtualCameraSink(w, h, opts.fps, backend=backend, mirror=mirror)
+    return HeldVirtualCameraSink(w, h, opts.fps, backend=backend, mirror=mirror)
 
 
 def check_virtual_mic() -> tuple[bool, str, str]:
