@@ -268,6 +268,10 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
     return {"metrics": res, "meta": meta, "table": table}
 
 
+#: Identity distance on other people may exceed guide-only's by at most this (issue 12).
+ID_CROSS_TOLERANCE = 0.05
+
+
 def evaluation_summary(res: dict[str, Any]) -> dict[str, Any]:
     """The figures --mode auto decides from: generator minus guide-only."""
     m = res["metrics"]
@@ -280,7 +284,14 @@ def evaluation_summary(res: dict[str, Any]) -> dict[str, Any]:
     d = {k: delta(k) for k in ("psnr", "ssim", "psnr_mouth", "ssim_mouth", "psnr_eyes", "ssim_eyes",
                                "id_cross", "lmk_self")}
     beats = d["psnr_mouth"] is not None and d["ssim_mouth"] is not None and d["psnr_mouth"] > 0 and d["ssim_mouth"] > 0
+    # what --mode auto also requires (issue 12's goals): the whole crop no
+    # worse than the warp, and other people's identity kept (a model that
+    # paints its training clips into an unseen portrait must not be picked)
+    whole_ok = d["ssim"] is not None and d["ssim"] >= 0
+    id_ok = d["id_cross"] is None or d["id_cross"] <= ID_CROSS_TOLERANCE
     return {"generator_minus_guide_only": d, "beats_guide_only_mouth": bool(beats),
+            "whole_crop_not_worse": bool(whole_ok), "identity_cross_kept": bool(id_ok),
+            "use_model": bool(beats and whole_ok and id_ok),
             "size": res["meta"]["size"], "steps": res["meta"]["steps"],
             "generator": g, "guide_only": b, "seconds": res["meta"]["seconds"]}
 

@@ -82,10 +82,18 @@ def _shipped_evidence(weights) -> tuple[bool, str]:
         return False, "the weights carry no evaluation against guide-only (kf-desktop eval --record)"
     d = ev.get("generator_minus_guide_only") or {}
     pm, sm = d.get("psnr_mouth"), d.get("ssim_mouth")
+    num = lambda x: isinstance(x, (int, float))  # noqa: E731
     if ev.get("beats_guide_only_mouth") is not True:
         return False, (f"the model does not beat guide-only in the mouth region (PSNR {pm:+.2f} dB, SSIM {sm:+.3f})"
-                       if isinstance(pm, (int, float)) and isinstance(sm, (int, float))
-                       else "the model does not beat guide-only in the mouth region")
+                       if num(pm) and num(sm) else "the model does not beat guide-only in the mouth region")
+    if ev.get("whole_crop_not_worse") is False:
+        s = d.get("ssim")
+        return False, (f"the model's whole-crop SSIM is below guide-only's ({s:+.3f})" if num(s)
+                       else "the model's whole-crop SSIM is below guide-only's")
+    if ev.get("identity_cross_kept") is False:
+        i = d.get("id_cross")
+        return False, (f"the model changes other people's identity (dlib distance {i:+.3f} vs guide-only)"
+                       if num(i) else "the model changes other people's identity")
     return True, f"mouth PSNR {pm:+.2f} dB, SSIM {sm:+.3f} over guide-only"
 
 

@@ -145,3 +145,35 @@ def test_engine_threads_leave_a_core_to_the_face_tracker(monkeypatch):
     assert engine_threads(False, cores=8) == 6
     monkeypatch.setenv("KF_ENGINE_THREADS", "2")
     assert engine_threads(False, cores=2) == 2
+
+
+def test_auto_mode_refuses_a_model_that_changes_other_identities(tmp_path):
+    import json
+
+    from kf_desktop.generators import decide_auto
+
+    model, _ = random_model(get_preset("tiny").model)
+    save_model(model, tmp_path / "w", trained=True)
+    doc = json.loads((tmp_path / "w" / "config.json").read_text())
+    doc["evaluation"] = {"generator_minus_guide_only": {"psnr_mouth": 2.0, "ssim_mouth": 0.05, "ssim": 0.01,
+                                                        "id_cross": 0.2},
+                         "beats_guide_only_mouth": True, "whole_crop_not_worse": True,
+                         "identity_cross_kept": False}
+    (tmp_path / "w" / "config.json").write_text(json.dumps(doc))
+    d = decide_auto("cuda", tmp_path / "w")
+    assert d.mode == "guide" and "identity" in d.reason and "+0.200" in d.reason
+
+
+def test_evaluation_summary_is_what_auto_reads():
+    from kf_desktop.evaluate import evaluation_summary
+
+    def res(id_cross):
+        gen = {"psnr": 30.0, "ssim": 0.90, "psnr_mouth": 27.0, "ssim_mouth": 0.80, "id_cross": id_cross}
+        guide = {"psnr": 29.0, "ssim": 0.89, "psnr_mouth": 25.0, "ssim_mouth": 0.75, "id_cross": 0.30}
+        return {"metrics": {"generator": gen, "guide_only": guide}, "meta": {"size": 256, "steps": 10, "seconds": 1}}
+
+    good = evaluation_summary(res(0.32))
+    assert good["beats_guide_only_mouth"] and good["use_model"]
+    assert abs(good["generator_minus_guide_only"]["psnr_mouth"] - 2.0) < 1e-9
+    bad = evaluation_summary(res(0.40))  # +0.10 over guide-only on other people
+    assert bad["beats_guide_only_mouth"] and not bad["identity_cross_kept"] and not bad["use_model"]
