@@ -80,6 +80,9 @@ class TrainConfig:
     l1: float = 1.0
     mse: float = 1.0
     region_extra: float = 2.0  # extra weight inside eyes / mouth
+    # "real": the target is the real frame; "masked_guide": the real frame
+    # inside soft mouth/eye regions, the frame's own guide elsewhere
+    target: str = "real"
     # conditioning noise
     p_ctx_noise: float = 0.7
     ctx_sigma_max: float = 0.3
@@ -218,6 +221,8 @@ class BatchBuilder:
             n_ctx = wins[0].n_ctx
             s = im.shape[-1]
             weight = region_weights(lm[:, n_ctx:], s, tc.region_extra)  # (B, F, 1, S, S)
+            # soft mouth/eye regions of every frame, [0, 1]: (B, n, 1, S, S)
+            region = region_weights(lm, s, 1.0) - 1.0 if tc.target == "masked_guide" else None
             g_raw = g.clone()
             # live streams hold the last known guide for the k knot frames
             if k and tc.p_hold_guide > 0:
@@ -228,8 +233,16 @@ class BatchBuilder:
                 flip = (self._rand(b) < tc.p_flip).view(b, 1, 1, 1, 1)
                 fl = lambda x: torch.where(flip, x.flip(-1), x)  # noqa: E731
                 im, g, g_raw, weight = fl(im), fl(g), fl(g_raw), fl(weight)
+                region = fl(region) if region is not None else None
                 ref = torch.where(flip[:, 0], ref.flip(-1), ref)
             x = _to_codec(im)  # (B, n, 3, S, S)
+            if region is not None:
+                # The model is taught to correct the guide only where the guide
+                # is wrong (mouth, lids): elsewhere the target IS the guide. With
+                # real frames there, it learned to paint its few training clips'
+                # backgrounds and skin into unseen portraits (issue 12's first run).
+                graw_c = _to_codec(g_raw)
+                x = graw_c + region * (x - graw_c)
             gc = _to_codec(g)
             refc = _to_codec(ref)
             C = x.shape[2]

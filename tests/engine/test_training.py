@@ -119,3 +119,21 @@ def test_init_from_committed_weights_continues_the_record_with_a_residual_model(
     b.run()
     second = json.loads((tmp_path / "b" / "model" / "config.json").read_text())["training"]
     assert second["steps"] == 10 and second["steps_this_run"] == 4 and second["samples_seen"] == 40
+
+
+def test_masked_guide_target_is_the_guide_outside_mouth_and_eyes(dataset, tmp_path):
+    from engine.training.augment import region_weights
+
+    tr = Trainer(_tc(dataset, tmp_path / "m", target="masked_guide", p_flip=0.0, p_color=0.0, p_scale=0.0,
+                     sample={"p_still": 0.0}), log=lambda m: None)
+    wins = tr.sampler.sample_batch(2)
+    b = tr.builder.build(wins, augment=False, fixed_sigma=0.5)
+    _, ref_lms, im, lm = tr.builder.images(wins, augment=False)
+    g = tr.builder.guides(tr.builder.images(wins, augment=False)[0], ref_lms, lm)
+    n_ctx = b.n_ctx
+    region = region_weights(lm[:, n_ctx:], im.shape[-1], 1.0) - 1.0  # (B, F, 1, S, S)
+    outside = (region == 0).expand_as(b.target)
+    inside = (region == 1).expand_as(b.target)
+    assert outside.any() and inside.any()
+    torch.testing.assert_close(b.target[outside], (g[:, n_ctx:] * 2 - 1)[outside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.target[inside], (im[:, n_ctx:] * 2 - 1)[inside], atol=1e-5, rtol=0)
