@@ -22,7 +22,11 @@ fi
 # The recipe of the shipped run (see the README's "Training" section).
 ARGS=(--data "$DATA" --out "$RUN" --preset laptop --steps ${STEPS:-1000000} --batch 8 --lr ${LR:-4e-4}
       --warmup 100 --ema 0.999 --ckpt-every 300 --eval-every 300 --eval-batches 2 --log-every 20
-      --save-dtype bfloat16 --max-minutes "$MIN" --set ctx_sigma_max=0.7 --set region_extra=3)
+      --save-dtype bfloat16 --max-minutes "$MIN" --set ctx_sigma_max=0.7 --set region_extra=3
+      --set 'target="masked_guide"')
+# masked_guide: the real frame is the target only inside soft mouth/eye regions, the
+# frame's guide elsewhere (with real frames everywhere the first run learned to paint
+# its four training clips' backgrounds into unseen portraits).
 if [ -f "$RUN/state/state.json" ]; then
   ARGS+=(--resume)
 elif [ -f resources/models/default/config.json ]; then

@@ -51,7 +51,8 @@ def test_untrained_model_streams_through_the_pipeline_and_is_labelled(tmp_path, 
     out = tmp_path / "g.mp4"
     assert main(["render", "--portrait", str(portrait_path), "--driver",
                  str(data_file("cap13_edit2.mp4")), "--mode", "generator", "--allow-untrained",
-                 "--untrained-preset", "tiny", "--out", str(out), "--size", "320x180",
+                 "--untrained-preset", "tiny", "--weights", str(tmp_path / "none"),  # not the shipped ones
+                 "--out", str(out), "--size", "320x180",
                  "--seconds", "0.44"]) == 0
     assert "UNTRAINED" in capsys.readouterr().out
     assert _frames(out) == 11  # 11 = 3 full chunks + a flushed partial one (c = 3)
