@@ -46,8 +46,9 @@ class FullResStream:
     def __init__(self, stream: KnotForcingStream) -> None:
         self.stream = stream
         self.model_hw = (stream.H * stream.codec.downsample, stream.W * stream.codec.downsample)
-        # full-size guides of the frames fed but not yet returned, oldest first
-        self._pending: deque[torch.Tensor] = deque()
+        # (full-size guide, its model-size version) of the frames fed but not
+        # yet returned, oldest first: the downscale is done once per frame
+        self._pending: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.stream.device, torch.float32)
@@ -55,10 +56,10 @@ class FullResStream:
 
     def _compose(self, low: torch.Tensor) -> torch.Tensor:
         """low (B, 3, h, w) model frame -> (B, 3, S, S) with the oldest pending guide's detail."""
-        guide = self._pending.popleft()
+        guide, low_guide = self._pending.popleft()
         if tuple(guide.shape[-2:]) == self.model_hw:
             return low.float().clamp(0.0, 1.0)
-        corr = low.float() - self._down(guide)  # (B, 3, h, w)
+        corr = low.float() - low_guide  # (B, 3, h, w)
         return (guide.to(low.device, torch.float32) + resize(corr, tuple(guide.shape[-2:]))).clamp_(0.0, 1.0)
 
     def set_reference(self, crop: torch.Tensor, *, switch: bool = False) -> None:
@@ -73,9 +74,10 @@ class FullResStream:
 
     def push(self, guide: torch.Tensor) -> list[torch.Tensor]:
         """guide (B, 3, S, S) -> 0 or c frames (B, 3, S, S)."""
-        self._pending.append(guide)
+        low_guide = self._down(guide)
+        self._pending.append((guide, low_guide))
         try:
-            frames = self.stream.push(self._down(guide))
+            frames = self.stream.push(low_guide)
         except Exception:
             self._pending.pop()
             raise

@@ -210,13 +210,9 @@ class HeldVirtualCameraSink(VirtualCameraSink):
             elif repeat_at is not None and now >= repeat_at:
                 kind = "repeat" if have_frame else "placeholder"
             if kind is not None:
-                try:
-                    cam.send(current)
-                except Exception as e:
-                    self._last_error = f"{type(e).__name__}: {e}"
-                    log.error("virtual camera stopped: %s", self._last_error)
+                t_sent = self._send(cam, current)
+                if t_sent is None:
                     return
-                t_sent = time.monotonic()
                 # Repeats stay on a 1/fps grid; a fresh frame restarts it.
                 next_repeat = (t_sent if kind == "fresh" else max(next_repeat, t_sent - period)) \
                     + period

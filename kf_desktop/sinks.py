@@ -290,6 +290,17 @@ class VirtualCameraSink:
             except Exception:
                 pass
 
+    def _send(self, cam, image) -> float | None:
+        """Send one frame; the send time, or None when the camera failed (the
+        error is kept for stats() and the sender thread must end)."""
+        try:
+            cam.send(image)
+        except Exception as e:
+            self._last_error = f"{type(e).__name__}: {e}"
+            log.error("virtual camera stopped: %s", self._last_error)
+            return None
+        return time.monotonic()
+
     def _run(self) -> None:
         self._raise_priority()
         period = 1.0 / self.fps
@@ -312,13 +323,9 @@ class VirtualCameraSink:
                     self._sent_seq = latest[2]
             if fresh:
                 current = latest[0]  # already letterboxed/mirrored by submit()
-            try:
-                cam.send(current)
-            except Exception as e:
-                self._last_error = f"{type(e).__name__}: {e}"
-                log.error("virtual camera stopped: %s", self._last_error)
+            t_sent = self._send(cam, current)
+            if t_sent is None:
                 return
-            t_sent = time.monotonic()
             with self._lock:
                 self._frames_sent += 1
                 self._send_times.append(t_sent)
