@@ -565,7 +565,15 @@ class MotionGuide:
         self._c = _make_consts(self.crop_size, grid, self.device,
                                fade_frac=fade_frac,
                                kernel=kernel)
+        self._fade_px = fade_frac * self.crop_size
         self._p: _Prepared | None = None
+
+    @property
+    def full_motion_px(self) -> float:
+        """Distance from the crop edge (px) at which motion reaches full
+        strength: content the driver moves closer than this is squeezed
+        (kf_desktop/head_room.py keeps the head out of it)."""
+        return float(self._c.still_px) + self._fade_px
 
     @torch.inference_mode()
     def set_portrait(self, crop, landmarks) -> None:
@@ -592,6 +600,20 @@ class MotionGuide:
         if self._p is None:
             raise RuntimeError("MotionGuide.set_portrait() has not been called")
         return self._p.image[0]
+
+    @torch.inference_mode()
+    def sample_points(self, driving) -> torch.Tensor:
+        """Where render(driving) samples the portrait: (S, S, 2) crop px (x, y)
+        per output pixel (pixel centres at integers). For diagnostics:
+        kf_desktop.head_room.area_ratio turns it into the local squeeze."""
+        if self._p is None:
+            raise RuntimeError("MotionGuide.set_portrait() has not been called")
+        c, o = self._c, self._o
+        dst = _as_points(driving, self.device)[None]  # (1, N, 2)
+        if self._p.tone is not None:
+            dst = _control_points(_keep_open(dst, o.min_gap * c.size / 256.0, c.open_idx), c)
+        grid = _sampling_grid(c, self._p.ctrl, dst, o.lam)[0]  # (S, S, 2) in [-1, 1]
+        return ((grid + 1.0) * c.size - 1.0) * 0.5
 
     @torch.inference_mode()
     def render(self, driving) -> torch.Tensor:

@@ -47,6 +47,7 @@ from engine.evaluation.variants import VARIANTS, run_variant
 from engine.motion_guide import warp_guide
 from engine.training.data import load_clips
 from engine.weights import load_model
+from kf_desktop.portrait import CROP_FACTOR, CROP_UP_SHIFT
 
 REPO = Path(__file__).resolve().parents[1]
 DETECT_SIZE = 256
@@ -79,8 +80,14 @@ class DlibIdentity:
             img = cv2.resize(img, (150, 150), interpolation=cv2.INTER_CUBIC)
         img = np.ascontiguousarray(img)
         h, w = img.shape[:2]
-        # the face occupies the middle of a head crop (kf_desktop.portrait.CROP_FACTOR)
-        rect = self.dlib.rectangle(int(0.2 * w), int(0.25 * h), int(0.8 * w), int(0.85 * h))
+        # Where the face sits in a head crop (kf_desktop.portrait's geometry),
+        # as dlib's detector would box it: 0.2 face above the mesh top to
+        # 0.12 below the chin, 0.66 face either side of the centre.
+        half = 0.5 * CROP_FACTOR + CROP_UP_SHIFT  # face centre's depth in the crop, faces
+        rect = self.dlib.rectangle(int((0.5 - 0.66 / CROP_FACTOR) * w),
+                                   int((half - 0.7) / CROP_FACTOR * h),
+                                   int((0.5 + 0.66 / CROP_FACTOR) * w),
+                                   int((half + 0.62) / CROP_FACTOR * h))
         shape = self.sp(img, rect)
         return np.asarray(self.net.compute_face_descriptor(img, shape), np.float64)
 

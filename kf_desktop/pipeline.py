@@ -64,7 +64,9 @@ class AvatarRenderer:
         self.mirror = mirror
         self._crop_size = portrait.crop.shape[0]
         self._guide = MotionGuide(crop_size=self._crop_size, device=str(self.device))
-        self._retarget = Retargeter(portrait.crop_landmarks, gains or Gains())
+        self._retarget = Retargeter(portrait.crop_landmarks, gains or Gains(),
+                                    crop_size=self._crop_size,
+                                    still_margin=self._guide.full_motion_px)
         self._pending_ts: deque[float] = deque()
         self._lock = threading.Lock()
         self._next_portrait: Portrait | None = None

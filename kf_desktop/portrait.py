@@ -37,13 +37,17 @@ _MIN_TILE = 384
 _EDGE_PX = 2.0
 
 # Head crop geometry, in units of the face landmarks' bounding-box size (the
-# larger of its width and height; the mesh spans forehead to chin). 2.2 keeps
-# the hair, the ears and some neck inside the crop for the default portrait
-# (2.0 touched the top of the hair); the centre sits 0.15 above the landmark
-# box centre because the mesh stops at the forehead while the head goes on to
-# the crown. The face then spans ~45% of the crop.
-CROP_FACTOR = 2.2
-CROP_UP_SHIFT = 0.15
+# larger of its width and height; the mesh spans forehead to chin). The motion
+# guide's field fades to zero over a band at the crop edge (one coarse cell +
+# 12% of the crop: 36.7 px at 256), and hair that a lean-in pushes into it is
+# squeezed flat (issue 13). The default portrait's hair rises 0.52 face above
+# the mesh top; at 2.2 / 0.15 the hair's top already sat inside the band. At
+# 2.5 / 0.25 the head's hull (kf_desktop/head_room.py) clears the band by
+# ~20 px above and ~25 px below, and can grow ~1.3x before the head-room limit
+# holds it (scripts/measure_head_room.py). The face then spans ~40% of the
+# crop (102 px at 256, was 116).
+CROP_FACTOR = 2.5
+CROP_UP_SHIFT = 0.25
 
 _HINT_FACE = ("use a photo where one face is clearly visible, facing the camera, "
               "at least ~100 px wide")
@@ -188,14 +192,16 @@ def load_image(path: str | Path) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Head crop
 # --------------------------------------------------------------------------
-def head_crop_box(landmarks: np.ndarray) -> CropBox:
-    """Square crop box (full-image px) around a face's (478, 2+) landmarks."""
+def head_crop_box(landmarks: np.ndarray, factor: float = CROP_FACTOR,
+                  up_shift: float = CROP_UP_SHIFT) -> CropBox:
+    """Square crop box (full-image px) around a face's (478, 2+) landmarks;
+    factor / up_shift: the crop geometry (defaults: the app's)."""
     xy = np.asarray(landmarks, dtype=np.float64)[:, :2]
     (xmin, ymin), (xmax, ymax) = xy.min(axis=0), xy.max(axis=0)
     face = max(xmax - xmin, ymax - ymin)
-    size = CROP_FACTOR * face
+    size = factor * face
     cx = 0.5 * (xmin + xmax)
-    cy = 0.5 * (ymin + ymax) - CROP_UP_SHIFT * face
+    cy = 0.5 * (ymin + ymax) - up_shift * face
     return CropBox(float(cx - size / 2), float(cy - size / 2), float(size))
 
 

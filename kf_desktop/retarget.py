@@ -42,6 +42,7 @@ from kf_desktop.face import (
     rotation_matrix,
 )
 from kf_desktop.frames import FaceResult
+from kf_desktop.head_room import HeadRoom
 
 N_LANDMARKS = 478
 
@@ -380,8 +381,14 @@ class Retargeter:
     driving landmarks in the same pixels. Not thread-safe.
     """
 
-    def __init__(self, portrait_landmarks: np.ndarray, gains: Gains = Gains()) -> None:
+    def __init__(self, portrait_landmarks: np.ndarray, gains: Gains = Gains(), *,
+                 crop_size: float | None = None, still_margin: float = 0.0) -> None:
+        # crop_size / still_margin: with a crop size, every output is kept
+        # inside the part of the crop the motion guide can move (HeadRoom);
+        # still_margin is MotionGuide.full_motion_px.
+        self._room_geometry = None if crop_size is None else (float(crop_size), float(still_margin))
         self._p = _Portrait(portrait_landmarks)
+        self._room = self._make_room(portrait_landmarks)
         self._neutral: _Neutral | None = None
         self._gains = gains
         self._filter = OneEuroFilter(*smoothing_to_one_euro(gains.smoothing))
@@ -412,6 +419,7 @@ class Retargeter:
         """Switch to another portrait; the driver's neutral calibration stays.
         The output restarts from the new portrait's own landmarks."""
         self._p = _Portrait(landmarks)
+        self._room = self._make_room(landmarks)
         self._filter.reset()
         self._last_target = self._p.xy.astype(np.float64)
         self._last_out = None
@@ -444,8 +452,15 @@ class Retargeter:
         return self._emit("params", self._synthesize(params), t)
 
     # -- internals -------------------------------------------------------------
+    def _make_room(self, landmarks: np.ndarray) -> HeadRoom | None:
+        if self._room_geometry is None:
+            return None
+        return HeadRoom(landmarks, *self._room_geometry)
+
     def _emit(self, mode: str, target: np.ndarray, t: float) -> np.ndarray:
         """Ease between sources, then smooth. target: (478, 2) float64."""
+        if self._room is not None:
+            target = self._room.fit(target).astype(np.float64)
         if self._mode is None:
             self._mode = mode
         elif mode != self._mode:

@@ -17,6 +17,7 @@ Exit status 1 if a worker thread died or the virtual camera stopped.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -60,6 +61,27 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class GcWatch:
+    """Times the garbage collector's passes (gc.callbacks): a full collection
+    holds the GIL, so a long one shows up as a virtual-camera gap."""
+
+    def __init__(self) -> None:
+        self._t0 = 0.0
+        self.passes: list[tuple[float, int, float]] = []  # (end time, generation, ms)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            ms = (time.perf_counter() - self._t0) * 1000.0
+            if info.get("generation", 0) == 2 or ms > 5.0:
+                self.passes.append((time.monotonic(), info.get("generation", 0), ms))
+
+    def drain(self) -> list[tuple[float, int, float]]:
+        out, self.passes = self.passes, []
+        return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20.0)
@@ -91,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(cfg, [vcam, preview], on_event=events.append)
     print(f"soak: {args.minutes:g} min, {w}x{h} @ {args.fps:g} fps, hog {args.hog} core(s), "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
+    gcw = GcWatch()
+    gc.callbacks.append(gcw)
     session.start()
     t_start = time.monotonic()
     t_end = t_start + args.minutes * 60.0
@@ -99,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handle_termination(lambda signum: stopping.set(), include_sigint=True):
             _loop(args, session, vc, vcam, previews, events, rows, t_start, t_end, period,
-                  stopping)
+                  stopping, gcw)
     finally:
         session.stop()
         vc.unregister()
@@ -125,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         "output_fps_mean": float(np.mean([r["output_fps"] for r in rows])),
         "preview_fps_mean": float(np.mean([r["preview_fps"] for r in rows])),
         "events": dict(Counter(f"{e.level}:{e.code}" for e in events)),
+        "gaps_over_2_periods_at_s": [g for r in rows for g in r["gaps_at_s"]],
+        "gc_full_passes": sum(r["gc_full"] for r in rows),
+        "gc_longest_ms": max(r["gc_max_ms"] for r in rows),
+        "sender_priority": vcam.stats().get("sender_priority"),
         "crashed": crashed or not vcam.stats()["frames_sent"] or vcam.failed,
     }
     print(json.dumps(summary, indent=2))
@@ -134,16 +162,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _loop(args, session, vc, vcam, previews, events, rows, t_start, t_end, period,
-          stopping) -> None:
+          stopping, gcw: GcWatch) -> None:
     last_send = None
     n_events = 0
     while time.monotonic() < t_end and not stopping.is_set():
         stopping.wait(min(args.every, max(0.0, t_end - time.monotonic())))
         now = time.monotonic()
+        t_report = time.perf_counter()
         times = _drain_backend(vc)
         if last_send is not None:
             times = [last_send] + times
         gaps = np.diff(times) if len(times) >= 2 else np.array([])
+        long_at = [round(float(times[i + 1]) - t_start, 2) for i in np.flatnonzero(gaps > 2 * period)]
+        passes = gcw.drain()
         if len(times):
             last_send = times[-1]
         window = args.every if not rows else now - rows[-1]["t"] - t_start
@@ -162,15 +193,26 @@ def _loop(args, session, vc, vcam, previews, events, rows, t_start, t_end, perio
             "preview_fps": previews["n"] / window if window > 0 else 0.0,
             "shed": snap["counters"].get("shed_capture", 0),
             "events": [f"{e.level}:{e.code}" for e in new_events],
+            "gaps_at_s": long_at,
+            "gc_full": sum(1 for _, g, _ in passes if g == 2),
+            "gc_max_ms": max((ms for _, _, ms in passes), default=0.0),
         }
         previews.clear()
         alive = {t.name for t in threading.enumerate()}
         row["threads_ok"] = {"kf-capture", "kf-engine", "kf-output", "vcam-sender"} <= alive
+        # This report runs with the GIL like any stats reader in the app (the
+        # GUI's status line): its cost is printed so a gap at a report time
+        # can be told from one the stream made.
+        row["report_ms"] = (time.perf_counter() - t_report) * 1000.0
         rows.append(row)
         print(f"{row['t']:7.0f} s  rss {row['rss_mb']:7.1f} MB  out {row['output_fps']:5.1f} "
               f"fps  vcam {row['vcam_fps']:5.1f} fps  max gap "
               f"{row['vcam_max_gap_ms'] or 0:6.1f} ms  >2T {row['vcam_gaps_over_2']:3d}  "
-              f"preview {row['preview_fps']:5.1f} fps  {' '.join(row['events'])}", flush=True)
+              f"preview {row['preview_fps']:5.1f} fps  gc2 {row['gc_full']} max {row['gc_max_ms']:.0f} ms  "
+              f"report {row['report_ms']:.1f} ms  "
+              f"{' '.join(row['events'])}"
+              f"{'  gaps at ' + ', '.join(f'{g:.1f}' for g in long_at) + ' s' if long_at else ''}",
+              flush=True)
 
 
 def _drain_backend(vc: MemoryVcam) -> list[float]:

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 PLACEHOLDER_SIZE = 720
 #: Notices the state label already says (logged only, no banner).
 QUIET = {"started", "stopped", "source_ended"}
+#: A notice that a problem is over takes down the banners of that problem.
+RESOLVES = {
+    "source_restored": ("source_lost", "camera_failed", "source_stalled", "source_hung",
+                        "source_failed", "capture_error"),
+    "mic_restored": ("mic_lost", "mic_failed"),
+    "started": ("start_failed",),
+    "overload_cleared": ("overloaded",),
+    "sink_restored": ("sink_failed",),
+    "resumed": ("paused",),
+}
 
 
 def fix_command(hint: str) -> str:
@@ -396,15 +406,8 @@ class Controller(QObject):
         w.vmic.show_snapshot(snap)
 
     def _on_notice(self, n: Notice) -> None:
-        w = self.window
-        if n.code == "source_restored":
-            w.banners.dismiss("source_lost")
-            w.banners.dismiss("camera_failed")
-        if n.code == "mic_restored":
-            w.banners.dismiss("mic_lost")
-            w.banners.dismiss("mic_failed")
-        if n.code == "started":
-            w.banners.dismiss("start_failed")
+        for code in RESOLVES.get(n.code, ()):
+            self.window.banners.dismiss(code)
         if n.code in QUIET:
             return
         self._banner(n)

@@ -177,13 +177,22 @@ class MainWindow(QMainWindow):
         pl.addWidget(_section("Engine", eng))
         pl.addWidget(_section("Shortcuts", keys_form))
         pl.addStretch(1)
+        # Combos size to their longest item by default ("Webcam + microphone",
+        # a long camera name), which made the panel wider than its fixed
+        # column and clipped its right edge: let them elide instead.
+        for combo in panel.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         scroll = QScrollArea()
         scroll.setObjectName("panelScroll")
         scroll.setWidget(panel)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setFixedWidth(PANEL_WIDTH)
+        # Never narrower than the panel's own minimum (fonts and styles vary
+        # by platform): a fixed column narrower than its content clips it.
+        scroll.setFixedWidth(max(PANEL_WIDTH, panel.minimumSizeHint().width()
+                                 + scroll.verticalScrollBar().sizeHint().width()))
         scroll.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Expanding)
 
         central = QWidget()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QColor, QGuiApplication, QImage
+from PySide6.QtWidgets import QFrame
 
 from tests.ui.conftest import REPO, TEST_CAMERA, file_services
 from ui.banner import BannerArea
@@ -139,6 +140,43 @@ def test_banner_area_replaces_by_code_caps_and_runs_actions(qtbot):
     qtbot.waitUntil(lambda: "i" not in area.codes(), timeout=2000)  # info banners expire
     area.clear()
     assert area.codes() == [] and not area.isVisible()
+
+
+def test_the_settings_panel_is_not_clipped(qtbot, make_window, clip_path):
+    """At the smallest window and at 1280 px, every card of the right-hand
+    panel fits its column (it used to run 40 px past the edge at 1280)."""
+    from PySide6.QtWidgets import QScrollArea
+
+    ctl = make_window(file_services(clip_path, None))
+    w = ctl.window
+    scroll = w.findChild(QScrollArea, "panelScroll")
+    for size in ((w.minimumWidth(), w.minimumHeight()), (1280, 720)):
+        w.resize(*size)
+        qtbot.waitUntil(lambda: w.width() == size[0])
+        panel = scroll.widget()
+        assert panel.minimumSizeHint().width() <= scroll.viewport().width(), size
+        for card in panel.findChildren(QFrame, "card"):
+            right = card.mapTo(scroll.viewport(), card.rect().topRight()).x()
+            assert right < scroll.viewport().width(), (size, right, scroll.viewport().width())
+
+
+def test_a_problem_that_is_over_takes_its_banner_down(qtbot, make_window, clip_path):
+    """source_stalled / overloaded / sink_failed / paused banners go when the
+    session says the problem is over; unrelated banners stay."""
+    from ui.session_bridge import Notice
+
+    ctl = make_window(file_services(clip_path, None))
+    banners = ctl.window.banners
+    pairs = [("source_stalled", "source_restored"), ("source_hung", "source_restored"),
+             ("capture_error", "source_restored"), ("overloaded", "overload_cleared"),
+             ("sink_failed", "sink_restored"), ("mic_lost", "mic_restored")]
+    for problem, over in pairs:
+        ctl._on_notice(Notice("warning", problem, f"{problem} happened", "wait"))
+        ctl._on_notice(Notice("error", "other_problem", "something else"))
+        assert banners.banner(problem) is not None
+        ctl._on_notice(Notice("info", over, "fine again"))
+        assert banners.banner(problem) is None, (problem, over)
+        assert banners.banner("other_problem") is not None
 
 
 def test_unexpected_exception_becomes_a_banner_not_a_dialog(qtbot, make_window, clip_path):
