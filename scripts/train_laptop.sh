@@ -16,6 +16,11 @@ MIN=${1:-100}
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-out/kf128}
 RUN=${RUN:-out/laptop_run}
+# A dataset cut with another head-crop geometry (before issue 13 widened it)
+# is moved aside and rebuilt: the model must see the framing the app uses.
+if [ -f "$DATA/manifest.json" ] && ! "$PY" -m kf_desktop.dataset_build --check-crop "$DATA"; then
+  mv "$DATA" "$DATA.old-crop.$(date +%s)"
+fi
 if [ ! -f "$DATA/manifest.json" ]; then
   "$PY" -m kf_desktop.dataset_build --out "$DATA" --size 128
 fi

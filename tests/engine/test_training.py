@@ -59,6 +59,23 @@ def test_dataset_manifest_and_split(dataset):
     assert (z["landmarks"] > 0).all() and (z["landmarks"] < 16).all()
 
 
+def test_dataset_records_the_crop_and_an_old_one_is_flagged(dataset, tmp_path):
+    """The manifest records the app's head-crop geometry; a dataset from before
+    it was widened (no record: 2.2 / 0.15) is told apart, which is how
+    scripts/train_laptop.sh knows to rebuild it."""
+    from kf_desktop.dataset_build import crop_matches, main
+    from kf_desktop.portrait import CROP_FACTOR, CROP_UP_SHIFT
+
+    doc = json.loads((dataset / "manifest.json").read_text())
+    assert doc["crop"] == {"factor": CROP_FACTOR, "up_shift": CROP_UP_SHIFT}
+    assert crop_matches(dataset)[0] and main(["--check-crop", str(dataset)]) == 0
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({k: v for k, v in doc.items() if k != "crop"}))
+    assert crop_matches(old) == (False, "2.2 / 0.15")
+    assert main(["--check-crop", str(old)]) == 1
+
+
 def test_heldout_never_sampled(dataset):
     _, clips = load_clips(dataset)
     mc, sc = model_and_stream_config(_tc(dataset, "/tmp/unused"))
