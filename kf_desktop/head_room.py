@@ -152,10 +152,15 @@ def hair_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
     return ellipse & ~face
 
 
-def squeeze_of(points: np.ndarray, source_mask: np.ndarray) -> np.ndarray:
+def squeeze_of(points: np.ndarray, source_mask: np.ndarray,
+               where: np.ndarray | None = None) -> np.ndarray:
     """Area ratios (area_ratio) of the output pixels whose sample falls in
-    ``source_mask`` (portrait pixels), e.g. hair_mask: (K,) float."""
+    ``source_mask`` (portrait pixels, e.g. hair_mask), optionally only those
+    output pixels in ``where`` (e.g. band_mask): (K,) float."""
     s = source_mask.shape[0]
     q = np.asarray(points)
     qi = np.clip(np.rint(q), 0, s - 1).astype(int)
-    return area_ratio(q)[source_mask[qi[..., 1], qi[..., 0]]]
+    pick = source_mask[qi[..., 1], qi[..., 0]]
+    if where is not None:
+        pick &= where
+    return area_ratio(q)[pick]
