@@ -13,8 +13,8 @@ little below the chin: the neck may be squeezed, nobody sees that as a cut)
 stays inside the crop less that band:
 
 - fill: the hull's larger side over the free span. The portrait's own fill
-  ``f0`` maps to itself; above it the fill follows x for the first ``knee``
-  part of the room and then eases (tanh) toward the limit, so growth slows
+  ``f0`` maps to itself; above it the fill follows the driver for the first
+  ``KNEE`` part of the room and then eases (tanh) toward the limit, so growth slows
   down smoothly instead of stopping at a wall. The landmarks are scaled about
   the hull's centre to that fill.
 - position: per axis the hull's centre is eased the same way toward the
@@ -53,8 +53,10 @@ def soft_cap(x: float, knee: float, limit: float) -> float:
 
 
 def hull(lm: np.ndarray) -> tuple[float, float, float, float]:
-    """(x0, y0, x1, y1) of the head: landmark box + hair and chin margins."""
-    (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
+    """(x0, y0, x1, y1) of the head: landmark box + hair and chin margins.
+    lm: (478, 2+) crop px."""
+    xy = np.asarray(lm, dtype=np.float64)[:, :2]
+    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
     f = max(x1 - x0, y1 - y0)
     return (float(x0 - HAIR_SIDE * f), float(y0 - HAIR_UP * f),
             float(x1 + HAIR_SIDE * f), float(y1 + CHIN_DOWN * f))
