@@ -23,7 +23,8 @@ geometry (factor, up shift) with and without the HeadRoom limit:
 - scale kept: the retargeted face extent over the unlimited one (1.0 = the
   limiter changed nothing), at the median and the worst frame.
 
-Writes a contact sheet of the worst frame per variant (PNG) to --out.
+Writes a contact sheet (PNG) to --out: the first variant's worst frame, as
+every variant renders it (yellow: where the guide's motion is full).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> int:
           f"median {np.median(ext) / ext[0]:.2f}, max {ext.max() / ext[0]:.2f}")
 
     rows, sheet = [], []
+    ref_frame = None
     for geo in args.geometries.split(","):
         factor, up = (float(v) for v in geo.split(":"))
         box = head_crop_box(lms[0], factor, up)
@@ -128,12 +130,15 @@ def main() -> int:
             name = f"crop {factor:g}/{up:g} {'limited' if limited else 'unlimited'}"
             rows.append((name, allv.max(), np.percentile(allv, 99.9), n_bad, max(intr),
                          np.median(kept), kept.min(), max(anywhere)))
-            img = (guide.render(drives[limited][worst[1]]).permute(1, 2, 0).numpy() * 255
+            # The first variant's (the old crop's) worst frame, in every variant.
+            if ref_frame is None:
+                ref_frame = worst[1]
+            img = (guide.render(drives[limited][ref_frame]).permute(1, 2, 0).numpy() * 255
                    ).clip(0, 255).astype(np.uint8)
             img = np.ascontiguousarray(img)
             cv2.rectangle(img, (int(margin), int(margin)), (S - 1 - int(margin), S - 1 - int(margin)),
                           (255, 255, 0), 1)
-            cv2.putText(img, f"{name} f{worst[1]}", (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+            cv2.putText(img, f"{name} f{ref_frame}", (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                         (255, 255, 255), 1, cv2.LINE_AA)
             sheet.append(img)
         print(f"  {factor:g}/{up:g}: band {margin:.1f} px, face {np.ptp(p_lm, axis=0).max():.0f} px",
@@ -145,8 +150,8 @@ def main() -> int:
     for r in rows:
         print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]} / {len(lms)} | {r[4]:.1f} | {r[5]:.3f} "
               f"| {r[6]:.3f} | {r[7]:.2f} |")
-    cv2.imwrite(str(out / "worst_frames.png"), cv2.cvtColor(np.concatenate(sheet, 1), cv2.COLOR_RGB2BGR))
-    print(f"\ncontact sheet: {out / 'worst_frames.png'}")
+    cv2.imwrite(str(out / "lean_in_frame.png"), cv2.cvtColor(np.concatenate(sheet, 1), cv2.COLOR_RGB2BGR))
+    print(f"\ncontact sheet: {out / 'lean_in_frame.png'}")
     return 0
 
 
