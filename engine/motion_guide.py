@@ -495,15 +495,18 @@ def _prepare(image: torch.Tensor, src: torch.Tensor, c: _Consts, o: _Opts
     return _Prepared(image, src, ctrl, _skin_tone(image, src), mouth_gap(src))
 
 
+def _grid(p: _Prepared, dst: torch.Tensor, c: _Consts, o: _Opts) -> torch.Tensor:
+    """dst: (B, N, 2) driving landmarks -> (B, S, S, 2) grid_sample grid."""
+    if p.tone is not None:  # the mediapipe mesh: held-open lids/lips, control subset
+        held = _keep_open(dst, o.min_gap * c.size / 256.0, c.open_idx)
+        dst = _control_points(held, c)  # (B, M, 2)
+    return _sampling_grid(c, p.ctrl, dst, o.lam)
+
+
 def _render(p: _Prepared, dst: torch.Tensor, c: _Consts, o: _Opts) -> torch.Tensor:
     """dst: (B, N, 2) -> (B, 3, S, S)."""
     full = p.tone is not None
-    if full:
-        held = _keep_open(dst, o.min_gap * c.size / 256.0, c.open_idx)
-        ctrl_dst = _control_points(held, c)  # (B, M, 2)
-    else:
-        ctrl_dst = dst
-    grid = _sampling_grid(c, p.ctrl, ctrl_dst, o.lam)  # (B, S, S, 2)
+    grid = _grid(p, dst, c, o)  # (B, S, S, 2)
     out = F.grid_sample(p.image, grid, mode="bilinear", padding_mode="border",
                         align_corners=False)  # (B, 3, S, S)
     if o.mouth and full:
@@ -608,12 +611,9 @@ class MotionGuide:
         kf_desktop.head_room.area_ratio turns it into the local squeeze."""
         if self._p is None:
             raise RuntimeError("MotionGuide.set_portrait() has not been called")
-        c, o = self._c, self._o
         dst = _as_points(driving, self.device)[None]  # (1, N, 2)
-        if self._p.tone is not None:
-            dst = _control_points(_keep_open(dst, o.min_gap * c.size / 256.0, c.open_idx), c)
-        grid = _sampling_grid(c, self._p.ctrl, dst, o.lam)[0]  # (S, S, 2) in [-1, 1]
-        return ((grid + 1.0) * c.size - 1.0) * 0.5
+        grid = _grid(self._p, dst, self._c, self._o)[0]  # (S, S, 2) in [-1, 1]
+        return ((grid + 1.0) * self.crop_size - 1.0) * 0.5
 
     @torch.inference_mode()
     def render(self, driving) -> torch.Tensor:

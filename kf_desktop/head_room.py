@@ -88,7 +88,8 @@ class HeadRoom:
         self.slack_hi = np.maximum(0.0, self.center0 - (self.size - self.margin - half0))
 
     def fit(self, lm: np.ndarray) -> np.ndarray:
-        """(478, 2) landmarks -> (478, 2), scaled / shifted back into the room."""
+        """(478, 2+) landmarks -> (478, 2) float64, scaled / shifted back into
+        the room."""
         out = np.asarray(lm, dtype=np.float64)[:, :2]
         x0, y0, x1, y1 = hull(out)
         w, h = x1 - x0, y1 - y0
@@ -117,9 +118,7 @@ class HeadRoom:
             else:
                 room = ref - lo
                 new_centre[axis] = ref - soft_cap(ref - c, KNEE * room, room)
-        if k < 1.0 or not np.array_equal(new_centre, centre):
-            out = out + (new_centre - centre)
-        return out.astype(np.float32)
+        return out + (new_centre - centre)  # + 0.0 where nothing moved: bit-exact
 
 
 def band_mask(size: int, margin: float) -> np.ndarray:

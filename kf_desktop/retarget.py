@@ -460,7 +460,7 @@ class Retargeter:
     def _emit(self, mode: str, target: np.ndarray, t: float) -> np.ndarray:
         """Ease between sources, then smooth. target: (478, 2) float64."""
         if self._room is not None:
-            target = self._room.fit(target).astype(np.float64)
+            target = self._room.fit(target)
         if self._mode is None:
             self._mode = mode
         elif mode != self._mode:
