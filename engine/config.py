@@ -70,6 +70,16 @@ class ModelConfig:
     #                   identity pixels are kept wherever the model learns to
     #                   output zero (the mouth and lids are where it does not).
     predict: Literal["x0", "guide_residual"] = "x0"
+    # How pixels become tokens and tokens pixels again:
+    # "linear": one linear layer per patch each way (the DiT way);
+    # "conv":   a convolutional stem (two stride-2 3x3 stages, stem_channels
+    #           and 2 * stem_channels wide) before a linear patch embed of
+    #           (patch / 4)^2 stem cells, and a decoder that upsamples the
+    #           tokens back through the stem's skip features and the input
+    #           frame itself, so fine detail (teeth, lip edges) does not have
+    #           to pass through one patch's linear layer (docs/MOUTH_MODEL.md).
+    stem: Literal["linear", "conv"] = "linear"
+    stem_channels: int = 32
 
     # ---- derived sizes -------------------------------------------------
     @property
@@ -92,11 +102,22 @@ class ModelConfig:
         return 3 * self.in_channels + 1
 
     @property
+    def stem_stride(self) -> int:
+        """Pixels per stem cell side (1 for the linear stem)."""
+        return 4 if self.stem == "conv" else 1
+
+    @property
     def patch_dim(self) -> int:
+        if self.stem == "conv":
+            q = self.patch // 4
+            return 2 * self.stem_channels * q * q
         return self.frame_channels * self.patch * self.patch
 
     @property
     def out_patch_dim(self) -> int:
+        if self.stem == "conv":
+            q = self.patch // 4
+            return 2 * self.stem_channels * q * q
         return self.in_channels * self.patch * self.patch
 
     @property
@@ -139,6 +160,11 @@ class ModelConfig:
             raise bad("mlp_dim must be >= 1", "use a positive MLP width")
         if self.predict not in ("x0", "guide_residual"):
             raise bad(f"predict {self.predict!r}", "use 'x0' or 'guide_residual'")
+        if self.stem not in ("linear", "conv"):
+            raise bad(f"stem {self.stem!r}", "use 'linear' or 'conv'")
+        if self.stem == "conv" and (self.patch % 4 or self.stem_channels < 1):
+            raise bad(f"the conv stem needs a patch divisible by 4 (got {self.patch}) and stem_channels >= 1",
+                      "use patch 4, 8 or 16")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,6 +322,20 @@ def _presets() -> dict[str, Preset]:
                      n_init=8, ref_step=4),
         "shipped CPU model: 128 px correction of the 256 px guide, patch 16, 2 steps",
     )
+    # The mouth model (issue 17, docs/MOUTH_MODEL.md): Knot Forcing on the
+    # mouth-centred lower-face region cut from the 256 px guide
+    # (engine/mouth_region.py), 64x96 px with the conv stem, 8-px tokens
+    # (8x12 = 96 tokens per frame); the open mouth is ~45 px wide here,
+    # about 6 tokens across instead of 1-2 in the 128 px head.
+    mouth = Preset(
+        "mouth",
+        ModelConfig(height=64, width=96, patch=8, dim=192, depth=4, heads=4, mlp_dim=576,
+                    predict="guide_residual", stem="conv", stem_channels=32),
+        StreamConfig(chunk=3, knot=1, window=6, steps=2, shift=2.0, cache_write="reuse_last_step",
+                     n_init=8, ref_step=4),
+        "shipped CPU model: 64x96 mouth region of the 256 px guide, conv stem, 2 steps",
+        extra={"region": True},
+    )
     paper = Preset(
         "paper",
         ModelConfig(
@@ -313,10 +353,10 @@ def _presets() -> dict[str, Preset]:
         StreamConfig(chunk=3, knot=1, window=9, steps=4),
         "paper-scale backbone (Wan 2.1 1.3B shape) on 16-channel latents",
     )
-    return {p.name: p for p in (tiny, default, laptop, paper)}
+    return {p.name: p for p in (tiny, default, laptop, mouth, paper)}
 
 
-PRESET_NAMES = ("tiny", "default", "laptop", "paper")
+PRESET_NAMES = ("tiny", "default", "laptop", "mouth", "paper")
 
 
 def get_preset(name: str) -> Preset:

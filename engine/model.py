@@ -9,6 +9,14 @@ x0 in [-1, 1] codec space (x-prediction).
         --linear--> (B, F, T, D) --N blocks--> --adaLN + linear--> (B, F, T, C*p*p)
         --unpatchify--> x0 (B, F, C, H, W)
 
+With ``ModelConfig.stem == "conv"`` (the mouth model, docs/MOUTH_MODEL.md)
+a convolutional stem and decoder sit around the same transformer:
+
+    frames (B*F, 3C+1, H, W) --conv s2--> s1 (sc, H/2, W/2) --conv s2--> s2 (2sc, H/4, W/4)
+        --patchify (patch/4)--> --linear--> tokens (B, F, T, D) --N blocks-->
+        --adaLN + linear--> (2sc, H/4, W/4) --[cat s2] conv, up x2--> --[cat s1] conv, up x2-->
+        --[cat frames] conv (zero init)--> x0 (B, F, C, H, W)
+
 Each block: adaLN-zero modulation from the per-frame timestep (so the
 reference at t = 0 and a chunk at t can share one forward), self attention
 with 3D RoPE over (t, h, w) and q/k RMSNorm, an MLP.
@@ -266,6 +274,40 @@ class Block(nn.Module):
 # --------------------------------------------------------------------------
 
 
+class ConvStem(nn.Module):
+    """Two stride-2 3x3 stages: frames (N, 3C+1, H, W) -> s1 (N, sc, H/2, W/2),
+    s2 (N, 2sc, H/4, W/4). Both are the decoder's skip features."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        sc = cfg.stem_channels
+        self.conv1 = nn.Conv2d(cfg.frame_channels, sc, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(sc, 2 * sc, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s1 = F.silu(self.conv1(x))
+        return s1, F.silu(self.conv2(s1))
+
+
+class ConvDecoder(nn.Module):
+    """Token features at 1/4 resolution back to pixels through the stem's
+    skips and the input frame: (N, 2sc, H/4, W/4) -> (N, C, H, W)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        sc, cin = cfg.stem_channels, cfg.frame_channels
+        self.up2 = nn.Conv2d(4 * sc, 2 * sc, 3, padding=1)  # [tokens, s2] at H/4
+        self.up1 = nn.Conv2d(3 * sc, sc, 3, padding=1)  # [up(.), s1] at H/2
+        self.out = nn.Conv2d(sc + cin, cfg.in_channels, 3, padding=1)  # [up(.), frames] at H
+
+    def forward(self, h: torch.Tensor, frames: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.up2(torch.cat((h, s2), 1)))
+        h = F.interpolate(h, size=s1.shape[-2:], mode="nearest")  # (N, 2sc, H/2, W/2)
+        h = F.silu(self.up1(torch.cat((h, s1), 1)))
+        h = F.interpolate(h, size=frames.shape[-2:], mode="nearest")  # (N, sc, H, W)
+        return self.out(torch.cat((h, frames), 1))
+
+
 class KnotForcingDiT(nn.Module):
     #: "torch" | "triton": the kernels chosen at the first forward
     #: (engine.kernels.install; KF_KERNELS overrides). None = not chosen yet.
@@ -275,6 +317,9 @@ class KnotForcingDiT(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         d = cfg.dim
+        if cfg.stem == "conv":
+            self.stem = ConvStem(cfg)
+            self.decoder = ConvDecoder(cfg)
         self.patch_embed = nn.Linear(cfg.patch_dim, d)
         self.time_embed = nn.Sequential(nn.Linear(cfg.time_freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         if cfg.adaln == "shared":
@@ -304,7 +349,14 @@ class KnotForcingDiT(nn.Module):
             done.update(id(p) for p in ps)
 
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1.0, generator=generator)
+                if mode == "random":
+                    nn.init.normal_(m.bias, std=0.02, generator=generator)
+                else:
+                    nn.init.zeros_(m.bias)
+                mark(m.weight, m.bias)
+            elif isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight, generator=generator)
                 if mode == "random":
                     nn.init.normal_(m.bias, std=0.02, generator=generator)
@@ -338,29 +390,44 @@ class KnotForcingDiT(nn.Module):
                 nn.init.zeros_(lin.bias)
             else:
                 lin.weight.mul_(0.5)  # keep modulations O(1) so depth does not blow up
+        if hasattr(self, "decoder") and mode == "adaln_zero":
+            # the untrained conv model outputs 0 too (= the guide with guide_residual)
+            nn.init.zeros_(self.decoder.out.weight)
+            nn.init.zeros_(self.decoder.out.bias)
         missed = [n for n, p in self.named_parameters() if id(p) not in done]
         if missed:
             raise RuntimeError(f"init_weights left parameters uninitialised: {missed}")
 
     # ---- pieces (also used by the stream's layer-by-layer reference prefill)
-    def patchify(self, frames: torch.Tensor) -> torch.Tensor:
+    def patchify(self, frames: torch.Tensor, p: int | None = None) -> torch.Tensor:
         """(B, F, Cin, H, W) -> (B, F, T, Cin*p*p)."""
         b, f, c, h, w = frames.shape
-        p = self.cfg.patch
+        p = self.cfg.patch if p is None else p
         x = frames.reshape(b, f, c, h // p, p, w // p, p)
         x = x.permute(0, 1, 3, 5, 2, 4, 6)  # (B, F, Hp, Wp, C, p, p)
         return x.reshape(b, f, (h // p) * (w // p), c * p * p)
 
-    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, F, T, C*p*p) -> (B, F, C, H, W)."""
+    def unpatchify(self, tokens: torch.Tensor, p: int | None = None, c: int | None = None) -> torch.Tensor:
+        """(B, F, T, C*p*p) -> (B, F, C, H, W) (H = Hp * p)."""
         b, f, _, _ = tokens.shape
         cfg = self.cfg
-        p, (hp, wp), c = cfg.patch, cfg.grid, cfg.in_channels
+        p = cfg.patch if p is None else p
+        c = cfg.in_channels if c is None else c
+        hp, wp = cfg.grid
         x = tokens.reshape(b, f, hp, wp, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, C, Hp, p, Wp, p)
         return x.reshape(b, f, c, hp * p, wp * p)
 
-    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+    def stem_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv stem: frames (B, F, 3C+1, H, W) -> s1 (B*F, sc, H/2, W/2), s2 (B*F, 2sc, H/4, W/4)."""
+        return self.stem(frames.flatten(0, 1).to(self.patch_embed.weight.dtype))
+
+    def embed(self, frames: torch.Tensor, skips: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, F, 3C+1, H, W) -> tokens (B, F, T, D)."""
+        if self.cfg.stem == "conv":
+            b, f = frames.shape[:2]
+            s2 = (skips if skips is not None else self.stem_features(frames))[1]
+            cells = self.patchify(s2.unflatten(0, (b, f)), self.cfg.patch // 4)  # (B, F, T, 2sc*q*q)
+            return self.patch_embed(cells)
         return self.patch_embed(self.patchify(frames.to(self.patch_embed.weight.dtype)))
 
     def time_condition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,10 +460,22 @@ class KnotForcingDiT(nn.Module):
             x = self.blocks[i](x, tcond, attn, i, kv_only=kv_only and i == stop - 1)
         return x
 
-    def final(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        """(B, F, T, D) -> x0 (B, F, C, H, W)."""
+    def final(self, x: torch.Tensor, temb: torch.Tensor, frames: torch.Tensor | None = None,
+              skips: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, F, T, D) -> x0 (B, F, C, H, W). The conv decoder also needs the
+        forward's input frames (B, F, 3C+1, H, W) (and reuses their stem
+        features ``skips`` when the caller kept them)."""
         shift, scale = self.ada_out(F.silu(temb)).unsqueeze(2).chunk(2, dim=-1)  # (B, F, 1, D) each
-        return self.unpatchify(self.head(self.norm_out(x) * (1 + scale) + shift))
+        h = self.head(self.norm_out(x) * (1 + scale) + shift)  # (B, F, T, out_patch_dim)
+        if self.cfg.stem != "conv":
+            return self.unpatchify(h)
+        if frames is None:
+            raise ValueError("the conv decoder needs the input frames")
+        b, f = x.shape[:2]
+        s1, s2 = skips if skips is not None else self.stem_features(frames)
+        h = self.unpatchify(h, self.cfg.patch // 4, 2 * self.cfg.stem_channels).flatten(0, 1)  # (B*F, 2sc, H/4, W/4)
+        out = self.decoder(h, frames.flatten(0, 1).to(h.dtype), s1, s2)  # (B*F, C, H, W)
+        return out.unflatten(0, (b, f))
 
     # ---- forward -----------------------------------------------------------
     def forward(
@@ -405,10 +484,11 @@ class KnotForcingDiT(nn.Module):
         """frames (B, F, 3C+1, H, W), sigma (B, F) -> x0 (B, F, C, H, W) in the
         model dtype; None with kv_only (a cache-writing pass)."""
         temb, tcond = self.time_condition(sigma)
-        x = self.run_blocks(self.embed(frames), tcond, attn, kv_only=kv_only)
+        skips = self.stem_features(frames) if self.cfg.stem == "conv" else None
+        x = self.run_blocks(self.embed(frames, skips), tcond, attn, kv_only=kv_only)
         if kv_only:
             return None
-        x0 = self.final(x, temb)  # (B, F, C, H, W)
+        x0 = self.final(x, temb, frames, skips)  # (B, F, C, H, W)
         if self.cfg.predict == "guide_residual":
             c = self.cfg.in_channels
             x0 = x0 + frames[:, :, c : 2 * c].to(x0.dtype)  # the guide channels, codec space

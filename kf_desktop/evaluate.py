@@ -23,7 +23,18 @@ frames (upscaled to 256 px), mean distance to the driving landmarks over
 the inter-ocular distance; frames where no face is found are skipped, and
 the share of such frames is reported.
 
-Writes ``results.md`` (the table), ``results.json`` and ``contact_sheet.png``.
+Mouth (issue 17): clips built with ``--holdout-people`` (n_train = 0) are
+a second self-reenactment group, people the model never saw (``people``),
+reported beside the held-out tails. Two controls join guide-only there
+(engine/evaluation/mouth_controls.py): ``ceiling`` (the real inner mouth
+pasted into the guide) and ``interior`` (a fitted non-learned teeth band and
+cavity). Mouth PSNR is also given per openness bin (closed / slight / open /
+wide) and on open-mouth frames (``psnr_open``). A mouth-region model
+(engine/mouth_region.py) runs on its region and is pasted back, as in the app.
+
+Writes ``results.md`` (the tables), ``results.json``, ``contact_sheet.png``
+and ``mouth_sheet.png`` (4x mouth close-ups of held-out people: real /
+guide-only / generator).
 """
 
 from __future__ import annotations
@@ -43,7 +54,10 @@ import torch
 
 from engine.evaluation.metrics import drift, landmark_error, psnr, region_boxes, region_psnr_ssim, seam_ratio, ssim
 from engine.training.augment import LEFT_EYE, MOUTH, RIGHT_EYE
+from engine.evaluation.mouth_controls import BINS, OPEN, bin_of, ceiling, fit_interior, with_interior
 from engine.evaluation.variants import VARIANTS, run_variant
+from engine.mouth_region import RegionSpec
+from engine.training.data import mouth_openness
 from engine.motion_guide import warp_guide
 from engine.training.data import load_clips
 from engine.weights import load_model
@@ -128,16 +142,28 @@ def transfer_motion(portrait_lms: np.ndarray, drive: np.ndarray) -> np.ndarray:
     return portrait_lms[None, :, :2] + (drive[:, :, :2] - drive[:1, :, :2]) * scale
 
 
+CONTROLS = ("ceiling", "interior")
+
+
 def _guides(ref: torch.Tensor, ref_lms: np.ndarray, lms: np.ndarray, batch: int = 64):
-    """Yield (1, 3, S, S) guides, computed in batches."""
+    """Yield (guide (1, 3, S, S), its target landmarks (1, 478, 2)), computed in batches."""
     s = ref.shape[-1]
     for a in range(0, len(lms), batch):
-        dst = torch.from_numpy(np.ascontiguousarray(lms[a:a + batch], np.float32))
+        dst = torch.from_numpy(np.ascontiguousarray(lms[a:a + batch, :, :2], np.float32))
         n = len(dst)
         src = torch.from_numpy(np.asarray(ref_lms[:, :2], np.float32))[None].expand(n, -1, -1)
         g = warp_guide(ref[None].expand(n, -1, -1, -1), src, dst, grid=min(48, s))
-        for x in g:
-            yield x[None]
+        for x, lm in zip(g, dst):
+            yield x[None], lm[None]
+
+
+def mouth_psnr_frames(frames: torch.Tensor, real: torch.Tensor, boxes) -> list[float]:
+    """Per-frame PSNR inside the mouth boxes."""
+    return [psnr(frames[i, :, y0:y1, x0:x1], real[i, :, y0:y1, x0:x1]) for i, (x0, y0, x1, y1) in enumerate(boxes)]
+
+
+def _lm_t(lms: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(lms[..., :2], np.float32))
 
 
 def _pingpong(n_src: int, n: int) -> np.ndarray:
@@ -160,6 +186,7 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, info = load_model(weights)
+    region = RegionSpec.from_record(info.training)
     scfg_dict = info.training.get("stream_config")
     from engine.config import StreamConfig, get_preset
 
@@ -168,7 +195,7 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
     # evaluated at the dataset's crop size, which may exceed the model's (the
     # app's 256 px crop around a 128 px model): what users see
     size = int(manifest["size"])
-    if size < model.cfg.height or size % model.cfg.height:
+    if region is None and (size < model.cfg.height or size % model.cfg.height):
         raise ValueError(f"dataset is {size}px, model {model.cfg.height}px: use a dataset at the model's "
                          f"size or a multiple of it (kf-desktop dataset --size {2 * model.cfg.height})")
     ident = make_identity()
@@ -184,14 +211,27 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
         ds = [np.linalg.norm(ident.embed(_u8(f)) - ref_emb) for f in frames[::every]]
         return float(np.mean(ds))
 
-    rows: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+    model_variants = [v for v in variants if v not in CONTROLS]
+    controls = [v for v in variants if v in CONTROLS]
+    groups = ("tails", "people")
+    rows: dict[str, dict[str, dict[str, list[float]]]] = {g: {v: {} for v in variants} for g in groups}
 
-    def add(v: str, key: str, val: float) -> None:
-        rows[v].setdefault(key, []).append(val)
+    def add(v: str, key: str, val: float, group: str = "tails") -> None:
+        rows[group][v].setdefault(key, []).append(val)
+
+    interior = fit_interior(clips) if "interior" in controls else None
+    if interior is not None:
+        progress(f"non-learned interior fitted on the training frames: {interior.to_dict()}")
+    mouth_rows: list[tuple[str, torch.Tensor]] = []
+
+    def run(v, ref, ref_lms, drive, **kw):
+        return run_variant(v, model, scfg, ref[None], _guides(ref, ref_lms, drive), len(drive), seed,
+                           region=region, ref_lms=_lm_t(ref_lms)[None], **kw)
 
     sheet: list[tuple[str, torch.Tensor]] = []
-    # ---- self-reenactment on held-out frames -----------------------------------------
+    # ---- self-reenactment on held-out frames (tails) and held-out people -------------------
     for ci, clip in enumerate(clips):
+        group = "people" if clip.n_train == 0 else "tails"
         lo = clip.n_train
         hi = len(clip) if max_frames is None else min(len(clip), lo + 1 + max_frames)
         if hi - lo < scfg.frames_per_chunk + 2:
@@ -201,28 +241,50 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
         drive = clip.landmarks[lo + 1:hi]
         real = torch.stack([_t(f) for f in clip.frames[lo + 1:hi]])
         # the regions the guide gets wrong, located on the real frames
-        dlm = torch.from_numpy(np.ascontiguousarray(drive[:, :, :2], np.float32))
+        dlm = _lm_t(drive)
         mouth_boxes = region_boxes(dlm, MOUTH, size)
         eye_boxes = region_boxes(dlm, RIGHT_EYE + LEFT_EYE, size)
+        bins = [bin_of(o) for o in mouth_openness(drive)]
         ref_emb = ident.embed(clip.frames[lo]) if ident else None
-        progress(f"self-reenactment {clip.name}: held-out frames {lo + 1}..{hi - 1}")
+        progress(f"self-reenactment ({group}) {clip.name}: frames {lo + 1}..{hi - 1}")
         if ci == 0:
             sheet.append((f"{clip.name} real", real))
-        for v in variants:
-            frames = run_variant(v, model, scfg, ref[None], _guides(ref, ref_lms, drive), len(drive), seed)
-            add(v, "psnr", psnr(frames, real))
-            add(v, "ssim", ssim(frames, real))
-            for region, boxes in (("mouth", mouth_boxes), ("eyes", eye_boxes)):
+        guide_frames = None
+        outs: dict[str, torch.Tensor] = {}
+        for v in model_variants + controls:
+            if v in CONTROLS:
+                if guide_frames is None:
+                    guide_frames = run("guide_only", ref, ref_lms, drive)
+                frames = (ceiling(guide_frames, real, dlm) if v == "ceiling"
+                          else with_interior(guide_frames, dlm, interior))
+            else:
+                frames = run(v, ref, ref_lms, drive)
+                if v == "guide_only":
+                    guide_frames = frames
+            outs[v] = frames
+            add(v, "psnr", psnr(frames, real), group)
+            add(v, "ssim", ssim(frames, real), group)
+            for rname, boxes in (("mouth", mouth_boxes), ("eyes", eye_boxes)):
                 rp, rs = region_psnr_ssim(frames, real, boxes)
-                add(v, f"psnr_{region}", rp)
-                add(v, f"ssim_{region}", rs)
-            add(v, "id_self", id_dist(ref_emb, frames, every=max(1, len(frames) // 25)))
+                add(v, f"psnr_{rname}", rp, group)
+                add(v, f"ssim_{rname}", rs, group)
+            per = mouth_psnr_frames(frames, real, mouth_boxes)
+            for p_, b_, o_ in zip(per, bins, mouth_openness(drive)):
+                if math.isfinite(p_):
+                    add(v, f"psnr_mouth_{b_}", p_, group)
+                    if o_ > OPEN:
+                        add(v, "psnr_open", p_, group)
+            if v in CONTROLS:
+                continue
+            add(v, "id_self", id_dist(ref_emb, frames, every=max(1, len(frames) // 25)), group)
             plm = output_landmarks(frames, analyzer)
-            add(v, "lmk_self", landmark_error(torch.from_numpy(plm), torch.from_numpy(drive)))
-            add(v, "noface_self", float(np.isnan(plm[:, 0, 0]).mean()))
-            add(v, "seam_self", seam_ratio(frames, scfg.chunk))
+            add(v, "lmk_self", landmark_error(torch.from_numpy(plm), torch.from_numpy(drive)), group)
+            add(v, "noface_self", float(np.isnan(plm[:, 0, 0]).mean()), group)
+            add(v, "seam_self", seam_ratio(frames, scfg.chunk), group)
             if ci == 0:
                 sheet.append((f"{clip.name} {v}", frames))
+        if group == "people" and len(mouth_rows) < 12:
+            mouth_rows += _mouth_closeups(clip.name, real, outs, dlm, mouth_openness(drive))
     # ---- cross identity ----------------------------------------------------------------
     for pi, path in enumerate(portraits):
         with FaceAnalyzer(static=True, max_faces=2) as fa2:
@@ -235,8 +297,8 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
         hi = len(clip) if max_frames is None else min(len(clip), lo + 1 + max_frames)
         drive = transfer_motion(p_lms, clip.landmarks[lo:hi])
         progress(f"cross identity {Path(path).name} driven by {clip.name} held-out motion ({len(drive)} frames)")
-        for v in variants:
-            frames = run_variant(v, model, scfg, ref[None], _guides(ref, p_lms, drive), len(drive), seed)
+        for v in model_variants:
+            frames = run(v, ref, p_lms, drive)
             add(v, "id_cross", id_dist(ref_emb, frames, every=max(1, len(frames) // 25)))
             plm = output_landmarks(frames, analyzer)
             add(v, "lmk_cross", landmark_error(torch.from_numpy(plm), torch.from_numpy(drive.astype(np.float32))))
@@ -255,24 +317,36 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
                         ds.append(float(np.linalg.norm(ident.embed(_u8(f.cpu())) - ref_emb)))
 
                 t0 = time.monotonic()
-                run_variant(v, model, scfg, ref[None], _guides(ref, p_lms, drive[idx]), n_long, seed,
-                            on_frame=on_frame, keep=False)
+                run(v, ref, p_lms, drive[idx], on_frame=on_frame, keep=False)
                 add(v, "drift", drift(ds, fps=1.0, window_s=60.0))
                 progress(f"  drift run {v}: {n_long} frames in {time.monotonic() - t0:.0f} s")
     analyzer.close()
 
-    res = {v: {k: float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan for k, vals in m.items()}
-           for v, m in rows.items()}
+    def means(group_rows):
+        return {v: {k: float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan for k, vals in m.items()}
+                for v, m in group_rows.items()}
+
+    res = means(rows["tails"])
+    people = means(rows["people"])
     table = markdown_table(res, drift_seconds)
+    table += "\n\n" + mouth_table(res, "held-out clip tails")
+    if any(people.values()):
+        table += "\n\n" + markdown_table(people, drift_seconds, title="held-out people") + \
+            "\n\n" + mouth_table(people, "held-out people")
     meta = {"weights": str(weights), "trained": info.trained, "steps": info.training.get("steps"),
             "stream_config": scfg.to_dict(), "size": size, "dlib": ident is not None,
             "clips": [c.name for c in clips], "portraits": [Path(p).name for p in portraits],
+            "heldout_people": [c.name for c in clips if c.n_train == 0],
+            "region": region.to_record() if region else None,
+            "interior": interior.to_dict() if interior else None,
             "max_frames": max_frames, "drift_seconds": drift_seconds, "seconds": time.monotonic() - t_start}
     (out / "results.md").write_text(table + "\n\n" + _notes(meta) + "\n")
-    (out / "results.json").write_text(json.dumps({"metrics": res, "meta": meta}, indent=1, default=str) + "\n")
+    (out / "results.json").write_text(json.dumps({"metrics": res, "people": people, "meta": meta}, indent=1,
+                                                 default=str) + "\n")
     contact_sheet(sheet, out / "contact_sheet.png")
+    mouth_sheet(mouth_rows, out / "mouth_sheet.png")
     progress(table)
-    return {"metrics": res, "meta": meta, "table": table}
+    return {"metrics": res, "people": people, "meta": meta, "table": table}
 
 
 #: Identity distance on other people may exceed guide-only's by at most this (issue 12).
@@ -335,12 +409,74 @@ COLUMNS = (
 )
 
 
-def markdown_table(res: dict[str, dict[str, float]], drift_seconds: float) -> str:
+def mouth_table(res: dict[str, dict[str, float]], title: str) -> str:
+    """Mouth PSNR per openness bin and on open-mouth frames, each variant
+    and control, with the gain over guide-only."""
+    keys = [f"psnr_mouth_{b}" for b, _, _ in BINS] + ["psnr_open", "psnr_mouth"]
+    base = res.get("guide_only", {})
+    lines = [f"Mouth PSNR dB by openness, {title} (gain over guide-only in brackets)", "",
+             "| variant | " + " | ".join(k.replace("psnr_mouth_", "").replace("psnr_", "") for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for v, m in res.items():
+        cells = []
+        for k in keys:
+            x, y = m.get(k), base.get(k)
+            if x is None or not math.isfinite(x):
+                cells.append("n/a")
+            elif v == "guide_only" or y is None or not math.isfinite(y):
+                cells.append(f"{x:.2f}")
+            else:
+                cells.append(f"{x:.2f} ({x - y:+.2f})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mouth_closeups(name: str, real: torch.Tensor, outs: dict[str, torch.Tensor], lms: torch.Tensor,
+                    openness: np.ndarray, n: int = 6, zoom: int = 4) -> list[tuple[str, torch.Tensor]]:
+    """Rows (label, (n, 3, h, w) close-ups) of the n most open frames' mouths,
+    zoomed ``zoom`` x: real, guide-only, generator."""
+    import torch.nn.functional as F
+
+    idx = np.sort(np.argsort(-openness)[:n])
+    rows = []
+    for label, frames in [("real", real)] + [(v, outs[v]) for v in ("guide_only", "generator") if v in outs]:
+        tiles = []
+        for i in idx:
+            c = lms[i, list(MOUTH)].mean(0)
+            w = float((lms[i, 61] - lms[i, 291]).norm()) * 1.6
+            x0, y0 = int(c[0] - w / 2), int(c[1] - w * 0.35)
+            x0, y0 = max(0, min(x0, frames.shape[-1] - int(w))), max(0, min(y0, frames.shape[-2] - int(0.7 * w)))
+            t = frames[i, :, y0:y0 + int(0.7 * w), x0:x0 + int(w)][None]
+            tiles.append(F.interpolate(t, size=(28 * zoom, 40 * zoom), mode="bicubic", align_corners=False)[0])
+        rows.append((f"{name[:18]} {label}", torch.stack(tiles).clamp(0, 1)))
+    return rows
+
+
+def mouth_sheet(rows: list[tuple[str, torch.Tensor]], path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        return
+    th, tw = rows[0][1].shape[-2:]
+    label_w = 190
+    cols = max(len(r[1]) for r in rows)
+    sheet = Image.new("RGB", (label_w + cols * tw, len(rows) * th), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, tiles) in enumerate(rows):
+        for c, t in enumerate(tiles):
+            sheet.paste(Image.fromarray(_u8(t)), (label_w + c * tw, r * th))
+        draw.text((4, r * th + th // 2 - 6), name[:30], fill="black")
+    sheet.save(path)
+
+
+def markdown_table(res: dict[str, dict[str, float]], drift_seconds: float, title: str = "") -> str:
     cols = [c for c in COLUMNS if any(c[0] in m for m in res.values())]
-    head = "| variant | " + " | ".join(c[1] if c[0] != "drift" else f"drift ({drift_seconds:g} s) ↓" for c in cols) + " |"
+    head = (f"{title}\n\n" if title else "") + "| variant | " + " | ".join(c[1] if c[0] != "drift" else f"drift ({drift_seconds:g} s) ↓" for c in cols) + " |"
     sep = "|---|" + "---:|" * len(cols)
     lines = [head, sep]
     for v, m in res.items():
+        if not m:
+            continue
         cells = []
         for key, _, fmt in cols:
             x = m.get(key, math.nan)
@@ -383,7 +519,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "kf-desktop eval") -> in
     ap.add_argument("--max-frames", type=int, default=250, help="held-out frames per clip (0 = all)")
     ap.add_argument("--drift-seconds", type=float, default=600.0, help="length of the drift run (0 = skip)")
     ap.add_argument("--portraits", nargs="*", default=None, help="unseen portraits (default resources/portraits/*.png)")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS) + list(CONTROLS),
+                    choices=list(VARIANTS) + list(CONTROLS),
+                    help="model variants and the mouth controls (ceiling, interior)")
     ap.add_argument("--drift-variants", nargs="+", default=["generator", "guide_only"], choices=VARIANTS,
                     help="variants that get the long drift run (each costs drift-seconds of video)")
     ap.add_argument("--record", action="store_true",

@@ -21,11 +21,14 @@ class Generator(Protocol):
     #: True only for a neural model loaded from trained weights.
     trained: bool
 
-    def set_reference(self, crop: torch.Tensor) -> None:
-        """crop: (3, S, S) float in [0, 1], the portrait's head crop."""
+    def set_reference(self, crop: torch.Tensor, landmarks=None) -> None:
+        """crop: (3, S, S) float in [0, 1], the portrait's head crop;
+        landmarks: its (478, 2+) crop-pixel landmarks (the mouth model cuts
+        its region with them)."""
 
-    def push(self, guide: torch.Tensor) -> list[torch.Tensor]:
-        """guide: (3, S, S) in [0, 1]. Returns the frames now ready, oldest
+    def push(self, guide: torch.Tensor, landmarks=None) -> list[torch.Tensor]:
+        """guide: (3, S, S) in [0, 1]; landmarks: the (478, 2) target
+        landmarks it was warped to. Returns the frames now ready, oldest
         first, each (3, S, S) in [0, 1]; frame i answers the i-th oldest
         guide not yet answered."""
 
@@ -42,10 +45,10 @@ class GuideOnlyGenerator:
     name = "guide-only"
     trained = False
 
-    def set_reference(self, crop: torch.Tensor) -> None:
+    def set_reference(self, crop: torch.Tensor, landmarks=None) -> None:
         pass
 
-    def push(self, guide: torch.Tensor) -> list[torch.Tensor]:
+    def push(self, guide: torch.Tensor, landmarks=None) -> list[torch.Tensor]:
         return [guide]
 
     def flush(self) -> list[torch.Tensor]:

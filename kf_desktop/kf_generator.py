@@ -16,6 +16,7 @@ import torch
 
 from engine.config import StreamConfig, get_preset
 from engine.detail import FullResStream
+from engine.mouth_region import MouthRegionStream, RegionSpec
 from engine.serving import EngineStream
 from engine.hardware import inference_dtype
 from engine.stream import KnotForcingStream
@@ -33,13 +34,17 @@ class KnotForcingGenerator:
     correction of the guide at its own size and the guide keeps its detail
     (engine/detail.py)."""
 
-    def __init__(self, stream: KnotForcingStream, trained: bool, description: str) -> None:
+    def __init__(self, stream: KnotForcingStream, trained: bool, description: str,
+                 region: RegionSpec | None = None) -> None:
         # Frames are made by a one-slot serving engine with the stream's model,
         # config and seed (engine/serving.py): a portrait switch is prefilled
         # inside the chunk steps under a fixed token budget and swapped exactly
         # switch_chunks chunks later, with no stall.
         self.stream = EngineStream.from_stream(stream)
-        self.full = FullResStream(self.stream)
+        # the mouth model works on the mouth region cut with the landmarks
+        # (engine/mouth_region.py); the head models on the whole (scaled) crop
+        self.region = region
+        self.full = MouthRegionStream(self.stream, region) if region is not None else FullResStream(self.stream)
         self.trained = trained
         self.name = "knot-forcing" if trained else "knot-forcing (UNTRAINED)"
         self.description = description
@@ -49,14 +54,25 @@ class KnotForcingGenerator:
         """(3, S, S) [0, 1] -> (1, 3, S, S) float32."""
         return img.to(torch.float32)[None]
 
-    def set_reference(self, crop: torch.Tensor) -> None:
+    def _needs(self, landmarks, what: str):
+        if landmarks is None:
+            raise ValueError(f"the mouth-region model needs the {what} landmarks")
+        return torch.as_tensor(landmarks, dtype=torch.float32)[None, :, :2]
+
+    def set_reference(self, crop: torch.Tensor, landmarks=None) -> None:
         # A running stream prefills the new reference in a shadow slot over
         # the next chunks and swaps at a chunk boundary: the output never stalls.
-        self.full.set_reference(self._batch(crop), switch=True)
+        if self.region is not None:
+            self.full.set_reference(self._batch(crop), self._needs(landmarks, "portrait's"), switch=True)
+        else:
+            self.full.set_reference(self._batch(crop), switch=True)
 
-    def push(self, guide: torch.Tensor) -> list[torch.Tensor]:
+    def push(self, guide: torch.Tensor, landmarks=None) -> list[torch.Tensor]:
         with torch.inference_mode():
-            frames = self.full.push(self._batch(guide))
+            if self.region is not None:
+                frames = self.full.push(self._batch(guide), self._needs(landmarks, "target"))
+            else:
+                frames = self.full.push(self._batch(guide))
         return [f[0] for f in frames]
 
     def flush(self) -> list[torch.Tensor]:
@@ -101,7 +117,7 @@ def load_knot_forcing(device: str, weights: Path | None = None,
         if stream_config is None and trained_cfg:
             stream_config = StreamConfig.from_dict(trained_cfg)
         stream = KnotForcingStream(res.model, stream_config)
-        return KnotForcingGenerator(stream, True, res.message)
+        return KnotForcingGenerator(stream, True, res.message, RegionSpec.from_record(res.info.training if res.info else {}))
     if not allow_untrained:
         reason = res.message.split(". Running guide-only")[0].split("; running guide-only")[0]
         raise ModelUnavailable(f"the Knot Forcing model is not available ({reason})",
@@ -110,4 +126,6 @@ def load_knot_forcing(device: str, weights: Path | None = None,
     preset = get_preset(untrained_preset)
     model, _info = random_model(preset.model, device=device, dtype=dtype)
     stream = KnotForcingStream(model, stream_config or preset.stream, allow_untrained=True)
-    return KnotForcingGenerator(stream, False, "randomly initialised (UNTRAINED) default model")
+    region = RegionSpec.for_model(preset.model.height, preset.model.width) if preset.extra.get("region") else None
+    return KnotForcingGenerator(stream, False, f"randomly initialised (UNTRAINED) {untrained_preset} model", region)
+

@@ -110,7 +110,7 @@ class AvatarRenderer:
         self._paste = PasteBack(portrait.image, portrait.crop_box, self._crop_size,
                                 self.out_size, device=str(self.device), mirror=self.mirror)
         self._retarget.set_portrait(portrait.crop_landmarks)
-        self.generator.set_reference(crop_t)
+        self.generator.set_reference(crop_t, portrait.crop_landmarks[:, :2])
 
     def _apply_requests(self) -> None:
         with self._lock:
@@ -140,7 +140,7 @@ class AvatarRenderer:
             guide = self._guide.render(driving)  # (3, S, S) in [0, 1]
         self._pending_ts.append(signal.timestamp)
         with Timer(st, "generator"):
-            crops = self.generator.push(guide)
+            crops = self.generator.push(guide, driving)
         return self._compose(crops)
 
     def flush(self) -> list[RenderedFrame]:

@@ -512,7 +512,7 @@ def test_overload_sheds_stale_frames_and_lowers_the_preview_rate(portrait, data_
     from kf_desktop.sinks import PreviewSink
 
     class SlowGenerator(GuideOnlyGenerator):
-        def push(self, guide):
+        def push(self, guide, landmarks=None):
             time.sleep(0.2)
             return super().push(guide)
 

@@ -17,6 +17,7 @@ import torch
 
 from engine.config import StreamConfig
 from engine.detail import FullResStream
+from engine.mouth_region import MouthRegionStream, RegionSpec
 from engine.model import KnotForcingDiT
 from engine.stream import KnotForcingStream
 
@@ -43,13 +44,16 @@ def variant_config(cfg: StreamConfig, variant: str) -> StreamConfig:
 
 @torch.no_grad()
 def run_variant(variant: str, model: KnotForcingDiT | None, cfg: StreamConfig, reference: torch.Tensor,
-                guides: Iterable[torch.Tensor], n: int, seed: int = 0,
-                on_frame: Callable[[int, torch.Tensor], None] | None = None, keep: bool = True) -> torch.Tensor | None:
-    """reference (1, 3, S, S) and guides (1, 3, S, S) per frame in [0, 1], S >=
-    the model's size (a smaller model adds its correction to the full-size
-    guide, engine/detail.py, as the app does) ->
-    (n, 3, S, S) output frames (or None with keep=False; ``on_frame(i, frame)``
-    sees every frame, for long drift runs)."""
+                guides: Iterable, n: int, seed: int = 0,
+                on_frame: Callable[[int, torch.Tensor], None] | None = None, keep: bool = True,
+                region: RegionSpec | None = None, ref_lms: torch.Tensor | None = None) -> torch.Tensor | None:
+    """reference (1, 3, S, S) and per frame (guide (1, 3, S, S) [0, 1], target
+    landmarks (1, 478, 2)), S >= the model's size (a smaller model adds its
+    correction to the full-size guide, engine/detail.py; a mouth model
+    (``region``, with the reference's landmarks ``ref_lms``) works on the
+    mouth region and is pasted back, engine/mouth_region.py; as the app
+    does) -> (n, 3, S, S) output frames (or None with keep=False;
+    ``on_frame(i, frame)`` sees every frame, for long drift runs)."""
     outs: list[torch.Tensor] = []
     i = 0
 
@@ -65,16 +69,22 @@ def run_variant(variant: str, model: KnotForcingDiT | None, cfg: StreamConfig, r
             i += 1
 
     if variant == "guide_only":
-        for g in guides:
+        for g, _ in guides:
             emit(g)
         return torch.stack(outs) if keep else None
     if model is None:
         raise ValueError("a model is needed for the generator variants")
-    st = FullResStream(KnotForcingStream(model, variant_config(cfg, variant), batch_size=1, seed=seed,
-                                         allow_untrained=True))
-    st.set_reference(reference)
-    for g in guides:
-        o = st.push(g)
+    ks = KnotForcingStream(model, variant_config(cfg, variant), batch_size=1, seed=seed, allow_untrained=True)
+    if region is not None:
+        st = MouthRegionStream(ks, region)
+        st.set_reference(reference, ref_lms)
+        push = st.push
+    else:
+        st = FullResStream(ks)
+        st.set_reference(reference)
+        push = lambda g, _lm: st.push(g)  # noqa: E731
+    for g, lm in guides:
+        o = push(g, lm)
         if o:
             emit(torch.cat(o))
     for f in st.flush():  # (1, 3, S, S) each

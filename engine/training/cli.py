@@ -30,6 +30,8 @@ def build_parser(prog: str = "python -m engine.training") -> argparse.ArgumentPa
     ap.add_argument("--sf-prob", type=float, default=d.sf_prob, help="self_forcing: share of rollout batches")
     ap.add_argument("--log-every", type=int, default=d.log_every)
     ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    ap.add_argument("--ckpt-minutes", type=float, default=d.ckpt_minutes,
+                    help="also checkpoint after this many minutes (e.g. 10)")
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--eval-batches", type=int, default=d.eval_batches)
     ap.add_argument("--save-dtype", default=d.save_dtype, choices=("float32", "bfloat16", "float16"))
@@ -47,7 +49,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     tc = TrainConfig(
         data=a.data, out=a.out, preset=a.preset, size=a.size, stage=a.stage, steps=a.steps, batch=a.batch,
         lr=a.lr, warmup=a.warmup, ema=a.ema, seed=a.seed, device=a.device, bf16=not a.no_bf16,
-        sf_prob=a.sf_prob, log_every=a.log_every, ckpt_every=a.ckpt_every, eval_every=a.eval_every,
+        sf_prob=a.sf_prob, log_every=a.log_every, ckpt_every=a.ckpt_every, ckpt_minutes=a.ckpt_minutes, eval_every=a.eval_every,
         eval_batches=a.eval_batches, save_dtype=a.save_dtype, max_shard_bytes=int(a.max_shard_mib * 2**20),
         max_minutes=a.max_minutes, init=a.init, resume=a.resume,
     )

@@ -104,6 +104,13 @@ class SampleSpec:
     p_knot: float = 0.85  # chunk gets a knot condition (the stream's first chunk has none)
     max_chunk_index: int = 8  # chunk indices drawn in [0, max]: early chunks and steady state
     p_steady: float = 0.6  # probability of a steady-state chunk (full window)
+    # Mouth pairs (issue 17): this share of samples takes a closed-mouth
+    # reference (openness < closed_thr) and a chunk with an open mouth
+    # (openness > open_thr) where the clip has both; openness = inner-lip gap
+    # / outer-eye-corner distance (median over the registry + shared clips: 0.06).
+    p_open_pair: float = 0.0
+    open_thr: float = 0.10
+    closed_thr: float = 0.03
 
 
 @dataclass
@@ -134,6 +141,15 @@ def plan_positions(cfg: StreamConfig, chunk_index: int, rng: np.random.Generator
     ctx = np.arange(plan.n_window, dtype=np.float32)
     chunk = plan.chunk_rel + np.arange(f, dtype=np.float32)
     return plan.n_window, np.concatenate([[float(ref_rel)], ctx, chunk]).astype(np.float32), plan.start
+
+
+def mouth_openness(landmarks: np.ndarray) -> np.ndarray:
+    """(N, 478, 2) -> (N,) inner-lip gap / outer-eye-corner distance."""
+    from engine.motion_guide import mouth_gap
+    from engine.mouth_region import eye_distance
+
+    lm = torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32))
+    return (mouth_gap(lm) / eye_distance(lm)).numpy()
 
 
 def context_frame_mask(cfg: StreamConfig, chunk_start: int, n_ctx: int) -> torch.Tensor:
@@ -167,10 +183,14 @@ class WindowSampler:
         for c in clips:
             lo, hi = (0, c.n_train) if split == "train" else (c.n_train, len(c))
             if hi - lo < f + 1:
+                if split == "train" and c.n_train == 0:  # a held-out person: never trained on
+                    self.ranges.append((0, 0))
+                    continue
                 raise DatasetError(f"clip {c.name}: {hi - lo} {split} frames, need at least {f + 1}")
             self.ranges.append((lo, hi))
         w = np.array([hi - lo for lo, hi in self.ranges], np.float64)
         self.weights = w / w.sum()
+        self.openness = [mouth_openness(c.landmarks) for c in clips] if self.spec.p_open_pair > 0 else None
 
     def frame_indices(self) -> set[tuple[int, int]]:
         """Every (clip, frame) this sampler can touch (for the held-out test)."""
@@ -196,9 +216,18 @@ class WindowSampler:
                 jj -= 1
                 n_ctx, t_pos, start = plan_positions(self.cfg, jj, self.rng, self.spec.p_ref_jitter)
             first = int(self.rng.integers(lo, hi - (n_ctx + f) + 1))
+            pair = self.openness is not None and self.rng.random() < self.spec.p_open_pair
+            if pair:
+                op = self.openness[ci][lo:hi]
+                opened = np.flatnonzero(op > self.spec.open_thr) + lo
+                if len(opened) and (op < self.spec.closed_thr).any():
+                    o = int(self.rng.choice(opened))  # this frame lands inside the chunk
+                    first = int(np.clip(o - n_ctx - self.rng.integers(0, f), lo, hi - (n_ctx + f)))
+                else:
+                    pair = False
             frames = np.arange(first, first + n_ctx + f)
-            still = self.rng.random() < self.spec.p_still
-            ref = self._reference(lo, hi, first, first + n_ctx + f)
+            still = (not pair) and self.rng.random() < self.spec.p_still
+            ref = self._reference(lo, hi, first, first + n_ctx + f, closed=ci if pair else None)
             # the stream's first chunk has no knot; every later one has
             knot = f > self.cfg.chunk and jj > 0 and self.rng.random() < self.spec.p_knot
             out.append(Window(ci, ref, frames, n_ctx, t_pos, start, bool(knot), bool(still)))
@@ -212,9 +241,14 @@ class WindowSampler:
                 w.n_ctx = m
         return out
 
-    def _reference(self, lo: int, hi: int, a: int, b: int) -> int:
+    def _reference(self, lo: int, hi: int, a: int, b: int, closed: int | None = None) -> int:
         gap = self.spec.min_ref_gap
         cand = np.concatenate([np.arange(lo, max(lo, a - gap)), np.arange(min(hi, b + gap), hi)])
+        if closed is not None and len(cand):
+            shut = cand[self.openness[closed][cand] < self.spec.closed_thr]
+            if len(shut) == 0:  # nothing closed far enough away: the closest-to-closed frames outside
+                shut = cand[np.argsort(self.openness[closed][cand])[:8]]
+            cand = shut
         if len(cand) == 0:  # short clip: anything outside the window, else anything
             cand = np.concatenate([np.arange(lo, a), np.arange(b, hi)])
         if len(cand) == 0:

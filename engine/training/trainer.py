@@ -50,6 +50,8 @@ from engine.config import ModelConfig, StreamConfig, get_preset
 from engine.hardware import cpu_has_native_bf16
 from engine.model import KnotForcingDiT, build_model, count_parameters
 from engine.motion_guide import warp_guide
+from engine.mouth_region import (RegionSpec, blank_inner_mouth, crop, eye_distance, inner_mouth_mask,
+                                 mouth_weight, paste_mask, region_box, to_region)
 from engine.sampler import sample_training_sigmas
 from engine.training.augment import color_jitter, region_weights, scale_jitter, synthetic_motion
 from engine.training.data import Clip, SampleSpec, Window, WindowSampler, context_frame_mask, load_clips
@@ -93,11 +95,23 @@ class TrainConfig:
     p_color: float = 0.8
     p_scale: float = 0.5
     scale_amount: float = 0.08
+    # mouth region (issue 17, docs/MOUTH_MODEL.md): None = the preset's choice
+    # (on for the "mouth" preset); the model then sees the region of the
+    # full-size crops cut by engine/mouth_region.py, with the guide's inner
+    # mouth blanked, and the loss is mouth_extra heavier inside the mouth.
+    region: bool | None = None
+    region_width_eyes: float = 1.35
+    mouth_extra: float = 4.0
+    # held-out streaming mouth PSNR (engine/training/mouth_eval.py) every
+    # ckpt_every steps: the best checkpoint by it is kept in OUT/best
+    stream_eval: bool = True
+    stream_eval_frames: int = 36
     # self forcing
     sf_prob: float = 0.5
     # bookkeeping
     log_every: int = 10
     ckpt_every: int = 200
+    ckpt_minutes: float = 0.0  # also checkpoint (and stream-evaluate) after this much wall time; 0 = off
     eval_every: int = 0  # 0 = only at start and end
     eval_batches: int = 2
     save_dtype: str = "float32"
@@ -119,6 +133,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def uses_region(tc: TrainConfig) -> bool:
+    return bool(get_preset(tc.preset).extra.get("region")) if tc.region is None else bool(tc.region)
+
+
 def model_and_stream_config(tc: TrainConfig) -> tuple[ModelConfig, StreamConfig]:
     p = get_preset(tc.preset)
     mc, sc = p.model, p.stream
@@ -126,7 +144,7 @@ def model_and_stream_config(tc: TrainConfig) -> tuple[ModelConfig, StreamConfig]
         mc = ModelConfig.from_dict(dict(mc.to_dict(), **tc.model_overrides))
     if tc.stream_overrides:
         sc = StreamConfig.from_dict(dict(sc.to_dict(), **tc.stream_overrides))
-    if tc.size:
+    if tc.size and not uses_region(tc):
         mc = dataclasses.replace(mc, height=tc.size, width=tc.size).validate()
     return mc, sc
 
@@ -160,6 +178,11 @@ class BatchBuilder:
         # frames stay uint8 on the host; landmarks as tensors
         self.frames = [torch.from_numpy(c.frames) for c in clips]
         self.lms = [torch.from_numpy(c.landmarks) for c in clips]
+        self.region: RegionSpec | None = None
+
+    def use_region(self, spec: RegionSpec) -> "BatchBuilder":
+        self.region = spec
+        return self
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.gen, device=self.device)
@@ -182,7 +205,7 @@ class BatchBuilder:
             lms.append(lm[idx].to(dev))
         ref, ref_lms = torch.stack(refs), torch.stack(rlms)
         im, lm = torch.stack(imgs), torch.stack(lms)
-        if augment:
+        if augment and self.region is None:  # (the region path jitters its cut instead: 10x fewer pixels)
             tc = self.tc
             b = len(wins)
             if tc.p_scale > 0:
@@ -209,6 +232,46 @@ class BatchBuilder:
                        grid=min(48, ref.shape[-1]))
         return g.view(b, n, *g.shape[1:])
 
+    def _cut_region(self, ref: torch.Tensor, ref_lms: torch.Tensor, im: torch.Tensor, lm: torch.Tensor,
+                    g: torch.Tensor, n_ctx: int, augment: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Full crops -> mouth regions (engine/mouth_region.py), as the stream
+        wrapper cuts them: ref (B,3,S,S), im/g (B,n,3,S,S), lm (B,n,P,2) ->
+        ref (B,3,h,w), im (B,n,3,h,w), g (B,n,3,h,w) inner mouth blanked,
+        loss weight (B,F,1,h,w) = paste mask * (1 + mouth_extra * lips).
+        Augmentation here: the region's scale and centre (one draw per
+        sample: crop jitter, and the live eye-distance estimate's noise) and
+        colour, on the small cut images."""
+        spec, tc = self.region, self.tc
+        b, n = im.shape[:2]
+        eye_d = eye_distance(ref_lms)  # (B,) one scale per stream: the reference's
+        shift = torch.zeros(b, 2, device=im.device)
+        if augment and tc.p_scale > 0:
+            r = self._rand(b, 3) * 2 - 1
+            use = (self._rand(b) < tc.p_scale).float()
+            eye_d = eye_d * (1 + tc.scale_amount * r[:, 0] * use)
+            shift = tc.scale_amount * r[:, 1:] * use[:, None]  # in half sizes
+        rc, rh = region_box(ref_lms, eye_d, spec)
+        ref_r = crop(ref, rc + shift * rh, rh, spec)
+        flat_lm = lm.flatten(0, 1)
+        ed = eye_d[:, None].expand(b, n).flatten()
+        cen, half = region_box(flat_lm, ed, spec)
+        cen = cen + (shift[:, None] * half.view(b, n, 2)).flatten(0, 1)
+        g_r = crop(g.flatten(0, 1), cen, half, spec).view(b, n, 3, *spec.hw)
+        im_r = crop(im.flatten(0, 1), cen, half, spec).view(b, n, 3, *spec.hw)
+        if augment and tc.p_color > 0:
+            allim = torch.cat([ref_r[:, None], im_r, g_r], 1)
+            jit = color_jitter(allim, self.gen)
+            use = (self._rand(b) < tc.p_color).view(b, 1, 1, 1, 1)
+            allim = torch.where(use, jit, allim)
+            ref_r, im_r, g_r = allim[:, 0], allim[:, 1:1 + n], allim[:, 1 + n:]
+        lm_r = to_region(flat_lm, cen, half, spec)  # (B*n, P, 2)
+        g_r = blank_inner_mouth(g_r.flatten(0, 1), inner_mouth_mask(lm_r, spec)).view(b, n, 3, *spec.hw)
+        lm_r = lm_r.view(b, n, -1, 2)
+        mw = mouth_weight(lm_r[:, n_ctx:].flatten(0, 1), spec).view(b, n - n_ctx, 1, *spec.hw)
+        weight = paste_mask(spec, im.device) * (1 + tc.mouth_extra * mw)
+        return ref_r, im_r, g_r, weight
+
     def build(self, wins: list[Window], augment: bool = True, *, ctx_override: torch.Tensor | None = None,
               knot_override: torch.Tensor | None = None, fixed_sigma: float | None = None) -> Batch:
         tc, scfg, dev = self.tc, self.scfg, self.device
@@ -219,10 +282,14 @@ class BatchBuilder:
             g = self.guides(ref, ref_lms, lm)  # (B, n, 3, S, S)
             b, n = im.shape[:2]
             n_ctx = wins[0].n_ctx
+            if self.region is not None:
+                ref, im, g, weight = self._cut_region(ref, ref_lms, im, lm, g, n_ctx, augment)
+                lm = None
             s = im.shape[-1]
-            weight = region_weights(lm[:, n_ctx:], s, tc.region_extra)  # (B, F, 1, S, S)
+            if self.region is None:
+                weight = region_weights(lm[:, n_ctx:], s, tc.region_extra)  # (B, F, 1, S, S)
             # soft mouth/eye regions of every frame, [0, 1]: (B, n, 1, S, S)
-            region = region_weights(lm, s, 1.0) - 1.0 if tc.target == "masked_guide" else None
+            region = region_weights(lm, s, 1.0) - 1.0 if tc.target == "masked_guide" and lm is not None else None
             g_raw = g.clone()
             # live streams hold the last known guide for the k knot frames
             if k and tc.p_hold_guide > 0:
@@ -246,7 +313,7 @@ class BatchBuilder:
             gc = _to_codec(g)
             refc = _to_codec(ref)
             C = x.shape[2]
-            frames = torch.zeros(b, 1 + n, 3 * C + 1, s, s, device=dev)
+            frames = torch.zeros(b, 1 + n, 3 * C + 1, *im.shape[-2:], device=dev)
             sigma = torch.zeros(b, 1 + n, device=dev)
             frames[:, 0, :C] = refc
             frames[:, 0, C:2 * C] = refc
@@ -371,7 +438,11 @@ class Trainer:
         self.manifest, self.clips = load_clips(tc.data)
         self.mcfg, self.scfg = model_and_stream_config(tc)
         size = self.manifest["size"]
-        if self.mcfg.height != size or self.mcfg.width != size:
+        self.region = (RegionSpec.for_model(self.mcfg.height, self.mcfg.width, width_eyes=tc.region_width_eyes)
+                       if uses_region(tc) else None)
+        if self.region is not None and tc.stage != "diffusion":
+            raise ValueError("the mouth-region model trains with --stage diffusion")
+        if self.region is None and (self.mcfg.height != size or self.mcfg.width != size):
             raise ValueError(f"dataset crops are {size}px but the model is {self.mcfg.height}x{self.mcfg.width}: "
                              f"rebuild the dataset with --size {self.mcfg.height} or pass --size {size}")
         spec = SampleSpec(**tc.sample)
@@ -379,7 +450,8 @@ class Trainer:
         self.eval_sampler = WindowSampler(self.clips, self.scfg, dataclasses.replace(spec, p_still=0.0),
                                           seed=10_000 + tc.seed, split="heldout")
         self.builder = BatchBuilder(self.clips, self.scfg, tc, self.device, tc.seed)
-        self.eval_builder = BatchBuilder(self.clips, self.scfg, tc, self.device, 777)
+        if self.region is not None:
+            self.builder.use_region(self.region)
         self.model: KnotForcingDiT = build_model(self.mcfg, seed=tc.seed, device=self.device)
         # lineage: a run started from committed weights (--init) continues
         # their step and sample counts in the training record
@@ -399,6 +471,16 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.eval_history: list[dict[str, float]] = []
         self.data_hashes = {c.name: c.sha256 for c in self.clips}
+        # CPU time (this process) and wall time across resumptions: the
+        # training record says how much compute the weights cost
+        self.base_cpu_s, self.base_wall_s = 0.0, 0.0
+        self._cpu0, self._wall0 = time.process_time(), time.monotonic()
+        self.best: dict[str, Any] = {}
+        self.segments = []
+        if self.region is not None and tc.stream_eval:
+            from engine.training.mouth_eval import pick_segments
+
+            self.segments = pick_segments(self.clips, tc.stream_eval_frames)
         if tc.resume and (self.out / "state" / "state.json").is_file():
             meta = _load_state(self.out / "state", self.model, self.opt, self.ema)
             self.step = int(meta["step"])
@@ -406,10 +488,13 @@ class Trainer:
             self.base_samples = int(meta.get("base_samples", self.base_samples))
             self.history = meta.get("history", [])
             self.eval_history = meta.get("eval_history", [])
+            self.base_cpu_s = float(meta.get("cpu_s", 0.0))
+            self.base_wall_s = float(meta.get("wall_s", 0.0))
+            self.best = meta.get("best", {})
             self.log(f"resumed from {self.out / 'state'} at step {self.step}")
         self.autocast = tc.bf16 and (self.device.type == "cuda" or cpu_has_native_bf16())
         self.log(f"model {count_parameters(self.model) / 1e6:.2f} M params, preset {tc.preset}, "
-                 f"{self.mcfg.height}px, stage {tc.stage}, device {self.device}"
+                 f"{self.mcfg.height}x{self.mcfg.width}px{' mouth region' if self.region else ''}, stage {tc.stage}, device {self.device}"
                  f"{' bf16' if self.autocast else ''}, {sum(c.n_train for c in self.clips)} train frames "
                  f"in {len(self.clips)} clips")
 
@@ -514,6 +599,8 @@ class Trainer:
         self.model.eval()
         sampler = WindowSampler(self.clips, self.scfg, self.eval_sampler.spec, seed=4242, split="heldout")
         builder = BatchBuilder(self.clips, self.scfg, self.tc, self.device, 4242)
+        if self.region is not None:
+            builder.use_region(self.region)
         tot, n = 0.0, 0
         for i in range(self.tc.eval_batches):
             wins = sampler.sample_batch(self.tc.batch)
@@ -523,6 +610,35 @@ class Trainer:
                 n += 1
         self.model.train()
         return tot / max(n, 1)
+
+    def cpu_seconds(self) -> float:
+        return self.base_cpu_s + time.process_time() - self._cpu0
+
+    def wall_seconds(self) -> float:
+        return self.base_wall_s + time.monotonic() - self._wall0
+
+    def stream_eval(self) -> dict[str, float]:
+        """Held-out streaming mouth PSNR (mouth_eval.py); keeps OUT/best."""
+        from engine.training.mouth_eval import gain, stream_mouth_psnr
+
+        if not self.segments:
+            return {}
+        t0 = time.monotonic()
+        res = stream_mouth_psnr(self.model, self.scfg, self.clips, self.segments, self.tc.stream_eval_frames,
+                                self.region, self.device, self.autocast)
+        g = gain(res)
+        res["gain"] = round(g, 3)
+        self.log(f"stream eval at step {self.step} ({time.monotonic() - t0:.0f} s): " +
+                 ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
+        if math.isfinite(g) and g > self.best.get("gain", -1e9) and self.step > 0:
+            self.best = {"gain": g, "step": self.base_steps + self.step, "samples": self.samples_seen(),
+                         "stream": res}
+            self.export_model(self.out / "best")
+            self.log(f"best so far (gain {g:+.3f} dB) -> {self.out / 'best'}")
+        return res
+
+    def samples_seen(self) -> int:
+        return self.base_samples + self.step * self.tc.batch
 
     # ---- checkpoint -------------------------------------------------------------------
     def export_model(self, directory: Path) -> None:
@@ -535,7 +651,13 @@ class Trainer:
         info = {
             "steps": self.base_steps + self.step,
             "steps_this_run": self.step,
-            "samples_seen": self.base_samples + self.step * tc.batch,
+            "samples_seen": self.samples_seen(),
+            "cpu_hours": round(self.cpu_seconds() / 3600, 4),
+            "wall_hours": round(self.wall_seconds() / 3600, 3),
+            "device": self.device.type,
+            "region": self.region.to_record() if self.region is not None else None,
+            "stream_eval": self.eval_history[-1].get("stream") if self.eval_history else None,
+            "best": self.best or None,
             "stage": tc.stage,
             "preset": tc.preset,
             "stream_config": self.scfg.to_dict(),
@@ -556,18 +678,26 @@ class Trainer:
         _save_state(self.out / "state", self.model, self.opt, self.ema,
                     {"step": self.step, "history": self.history[-2000:], "eval_history": self.eval_history,
                      "train_config": self.tc.to_dict(), "data": self.data_hashes,
-                     "base_steps": self.base_steps, "base_samples": self.base_samples})
+                     "base_steps": self.base_steps, "base_samples": self.base_samples,
+                     "cpu_s": self.cpu_seconds(), "wall_s": self.wall_seconds(), "best": self.best})
         self.log(f"checkpoint at step {self.step} -> {self.out / 'model'} ({time.monotonic() - t0:.1f} s)")
 
     # ---- loop -----------------------------------------------------------------------------
+    def _evaluate(self) -> None:
+        entry: dict[str, Any] = {"step": self.step, "loss": self.heldout_loss(),
+                                 "samples": self.samples_seen(), "cpu_hours": round(self.cpu_seconds() / 3600, 3)}
+        self.log(f"held-out loss at step {self.step}: {entry['loss']:.4f}")
+        if self.segments:
+            entry["stream"] = self.stream_eval()
+        self.eval_history.append(entry)
+
     def run(self) -> dict[str, Any]:
         tc = self.tc
         t_start = time.monotonic()
         if not self.eval_history or self.eval_history[-1]["step"] != self.step:
-            self.eval_history.append({"step": self.step, "loss": self.heldout_loss()})
-            self.log(f"held-out loss at step {self.step}: {self.eval_history[-1]['loss']:.4f}")
+            self._evaluate()
         first_step = self.step
-        t0 = time.monotonic()
+        t0 = last_ckpt = time.monotonic()
         last_t, last_s = t0, self.step
         run_losses = []
         stopped = "done"
@@ -590,9 +720,14 @@ class Trainer:
                     f.write(json.dumps({"step": self.step, "loss": avg, "it_s": rate}) + "\n")
                 last_t, last_s = now, self.step
             if tc.eval_every and self.step % tc.eval_every == 0:
-                self.eval_history.append({"step": self.step, "loss": self.heldout_loss()})
-                self.log(f"held-out loss at step {self.step}: {self.eval_history[-1]['loss']:.4f}")
-            if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
+                self._evaluate()
+            due = tc.ckpt_every and self.step % tc.ckpt_every == 0
+            if tc.ckpt_minutes and time.monotonic() - last_ckpt > 60 * tc.ckpt_minutes:
+                due = True
+            if due and self.step < tc.steps:
+                last_ckpt = time.monotonic()
+                if self.eval_history[-1]["step"] != self.step:
+                    self._evaluate()
                 self.checkpoint()
             if tc.max_minutes and time.monotonic() - t_start > 60 * tc.max_minutes:
                 self.log(f"time limit of {tc.max_minutes:g} min reached at step {self.step}")
@@ -600,8 +735,7 @@ class Trainer:
                 break
         if stopped != "nan":
             if self.eval_history[-1]["step"] != self.step:
-                self.eval_history.append({"step": self.step, "loss": self.heldout_loss()})
-                self.log(f"held-out loss at step {self.step}: {self.eval_history[-1]['loss']:.4f}")
+                self._evaluate()
             self.checkpoint()
         self._logf.close()
         return {"step": self.step, "losses": run_losses, "eval": self.eval_history, "stopped": stopped,
