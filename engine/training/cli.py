@@ -66,7 +66,14 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m engine.training") -> int:
     a = build_parser(prog).parse_args(argv)
-    res = train(config_from_args(a))
+    from engine.training.data import DatasetError
+    from engine.training.trainer import ResumeError
+
+    try:
+        res = train(config_from_args(a))
+    except (ResumeError, DatasetError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
     ev = res["eval"]
     print(f"done: step {res['step']} ({res['stopped']}), held-out loss {ev[0]['loss']:.4f} -> {ev[-1]['loss']:.4f}, "
           f"{res['seconds']:.0f} s; weights in {res['out']}/model", flush=True)

@@ -69,9 +69,14 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     root = Path(root)
     mf = root / "manifest.json"
     if not mf.is_file():
-        raise DatasetError(f"no manifest.json in {root}: build the dataset with `python -m kf_desktop.dataset_build`")
-    doc = json.loads(mf.read_text())
-    if doc.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"no manifest.json in {root}: build the dataset first "
+                           f"(`kf-desktop dataset --out {root}`, see README)")
+    try:
+        doc = json.loads(mf.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{mf} cannot be read ({e}): rebuild the dataset with `kf-desktop dataset`") from None
+    if not isinstance(doc, dict) or doc.get("format") != DATASET_FORMAT:
+        doc = doc if isinstance(doc, dict) else {}
         raise DatasetError(f"{mf}: unknown dataset format {doc.get('format')!r}")
     return doc
 
@@ -83,7 +88,11 @@ def load_clips(root: str | Path, names: list[str] | None = None) -> tuple[dict[s
     for e in doc["clips"]:
         if names and e["name"] not in names:
             continue
-        z = np.load(root / e["file"])
+        # a manifest names files inside its own folder, nothing else
+        path = (root / str(e.get("file", ""))).resolve()
+        if not path.is_relative_to(root.resolve()) or not path.is_file():
+            raise DatasetError(f"{root / 'manifest.json'}: clip file {e.get('file')!r} is not a file inside {root}")
+        z = np.load(path, allow_pickle=False)
         frames = z["frames"] if "frames" in z.files else _decode_jpeg(z["jpeg"], z["jpeg_offsets"])
         n_train = int(z["n_train"])
         if n_train != e["n_train"]:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import ModelConfig, StreamConfig, get_preset
+from engine.config import EngineError, ModelConfig, StreamConfig, get_preset
 from engine.hardware import cpu_has_native_bf16
 from engine.model import KnotForcingDiT, build_model, count_parameters
 from engine.motion_guide import warp_guide
@@ -386,7 +386,11 @@ def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, 
             tensors[f"ema.{n}"] = v.detach().float().cpu().contiguous()
     save_file(tensors, str(tmp / "trainer.safetensors"))
     meta = dict(meta, param_groups=sd["param_groups"])
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # state.json is written last, through its own rename: a directory with a
+    # readable state.json is complete, whatever name a kill left it under
+    # (find_state picks the newest complete one)
+    (tmp / "state.json.part").write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp / "state.json.part", tmp / "state.json")
     if path.exists():
         old = path.with_name(path.name + ".old")
         if old.exists():
@@ -396,6 +400,29 @@ def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, 
         shutil.rmtree(old)
     else:
         os.replace(tmp, path)
+
+
+class ResumeError(EngineError):
+    """--resume with nothing (complete) to resume, or a fresh run over an old one."""
+
+
+def _state_step(d: Path) -> int | None:
+    """The step of a complete state directory, None if it is not one."""
+    try:
+        meta = json.loads((d / "state.json").read_text())
+        if not (d / "trainer.safetensors").is_file():
+            return None
+        return int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def find_state(out: Path) -> Path | None:
+    """The newest complete training state in ``out``: ``state/``, or what a
+    kill between the checkpoint's renames left (``state.old/``, ``state.tmp/``)."""
+    found = [(st, d) for d in (out / "state", out / "state.old", out / "state.tmp")
+             if d.is_dir() and (st := _state_step(d)) is not None]
+    return max(found, key=lambda x: x[0])[1] if found else None
 
 
 def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -431,11 +458,13 @@ class Trainer:
         self.tc = tc
         self.device = pick_device(tc.device)
         self.out = Path(tc.out)
+        # the dataset is read before anything is written: a wrong --data
+        # leaves no empty run folder behind
+        self.manifest, self.clips = load_clips(tc.data)
         self.out.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.out / "train.log", "a")
         self._user_log = log if log is not None else (lambda m: print(m, flush=True))
         torch.manual_seed(tc.seed)
-        self.manifest, self.clips = load_clips(tc.data)
         self.mcfg, self.scfg = model_and_stream_config(tc)
         size = self.manifest["size"]
         self.region = (RegionSpec.for_model(self.mcfg.height, self.mcfg.width, width_eyes=tc.region_width_eyes)
@@ -481,8 +510,16 @@ class Trainer:
             from engine.training.mouth_eval import pick_segments
 
             self.segments = pick_segments(self.clips, tc.stream_eval_frames)
-        if tc.resume and (self.out / "state" / "state.json").is_file():
-            meta = _load_state(self.out / "state", self.model, self.opt, self.ema)
+        state_dir = find_state(self.out)
+        if tc.resume and state_dir is None:
+            raise ResumeError(f"--resume: no complete training state in {self.out} (state/ is missing or damaged)",
+                              f"check --out, or drop --resume to start a new run in another folder")
+        if not tc.resume and (state_dir is not None or (self.out / "model" / "config.json").is_file()):
+            raise ResumeError(f"{self.out} already holds a training run",
+                              "pass --resume to continue it, or choose another --out (its model/ is never replaced "
+                              "by a new run)")
+        if tc.resume:
+            meta = _load_state(state_dir, self.model, self.opt, self.ema)
             self.step = int(meta["step"])
             self.base_steps = int(meta.get("base_steps", self.base_steps))
             self.base_samples = int(meta.get("base_samples", self.base_samples))
@@ -491,7 +528,8 @@ class Trainer:
             self.base_cpu_s = float(meta.get("cpu_s", 0.0))
             self.base_wall_s = float(meta.get("wall_s", 0.0))
             self.best = meta.get("best", {})
-            self.log(f"resumed from {self.out / 'state'} at step {self.step}")
+            self.log(f"resumed from {state_dir} at step {self.step} ({self.samples_seen()} samples, "
+                     f"{self.base_cpu_s / 3600:.2f} CPU-hours so far)")
         self.autocast = tc.bf16 and (self.device.type == "cuda" or cpu_has_native_bf16())
         self.log(f"model {count_parameters(self.model) / 1e6:.2f} M params, preset {tc.preset}, "
                  f"{self.mcfg.height}x{self.mcfg.width}px{' mouth region' if self.region else ''}, stage {tc.stage}, device {self.device}"

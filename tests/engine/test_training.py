@@ -154,3 +154,40 @@ def test_masked_guide_target_is_the_guide_outside_mouth_and_eyes(dataset, tmp_pa
     assert outside.any() and inside.any()
     torch.testing.assert_close(b.target[outside], (g[:, n_ctx:] * 2 - 1)[outside], atol=1e-5, rtol=0)
     torch.testing.assert_close(b.target[inside], (im[:, n_ctx:] * 2 - 1)[inside], atol=1e-5, rtol=0)
+
+
+def test_resume_is_refused_without_state_and_finds_a_state_a_kill_left(dataset, tmp_path):
+    """--resume with nothing to resume is refused (it used to start over and
+    replace model/); a fresh run over an old one is refused; a run killed
+    between the checkpoint's two renames resumes from state.old/."""
+    from engine.training.trainer import ResumeError
+
+    with pytest.raises(ResumeError, match="no complete training state"):
+        Trainer(_tc(dataset, tmp_path / "none", resume=True), log=lambda m: None)
+    run = tmp_path / "run"
+    Trainer(_tc(dataset, run, steps=4, ckpt_every=0), log=lambda m: None).run()
+    with pytest.raises(ResumeError, match="already holds a training run"):
+        Trainer(_tc(dataset, run, steps=4), log=lambda m: None)
+    (run / "state").rename(run / "state.old")  # what a kill between the renames leaves
+    tr = Trainer(_tc(dataset, run, steps=6, resume=True), log=lambda m: None)
+    assert tr.step == 4
+    assert tr.run()["step"] == 6
+
+
+def test_bad_dataset_folder_is_a_clean_refusal(tmp_path, capsys):
+    """train on a folder without (or with a broken) manifest: exit 2, the fix
+    named, no run folder left behind; a manifest pointing outside its folder
+    is refused."""
+    from engine.training.cli import main
+    from engine.training.data import DatasetError
+
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path), "--out", str(out)]) == 2
+    assert "kf-desktop dataset" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert main(["--data", str(tmp_path), "--out", str(out)]) == 2
+    assert not out.exists()
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": "kf-desktop-dataset/1", "size": 16, "clips": [{"name": "x", "file": "../../etc/passwd"}]}))
+    with pytest.raises(DatasetError, match="not a file inside"):
+        load_clips(tmp_path)
