@@ -439,9 +439,10 @@ def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
             state.setdefault(int(idx), {})[key] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     if ema is not None:
+        params = dict(model.named_parameters())
         for n in ema:
-            if f"ema.{n}" in t:
-                ema[n].copy_(t[f"ema.{n}"])
+            # a run that turns EMA on at a resumption starts its average at the loaded weights
+            ema[n].copy_(t[f"ema.{n}"] if f"ema.{n}" in t else params[n].detach().float())
     return meta
 
 
@@ -662,7 +663,7 @@ class Trainer:
         if not self.segments:
             return {}
         t0 = time.monotonic()
-        res = stream_mouth_psnr(self.model, self.scfg, self.clips, self.segments, self.tc.stream_eval_frames,
+        res = stream_mouth_psnr(self.shipped_weights(), self.scfg, self.clips, self.segments, self.tc.stream_eval_frames,
                                 self.region, self.device, self.autocast)
         g = gain(res)
         res["gain"] = round(g, 3)
@@ -679,12 +680,18 @@ class Trainer:
         return self.base_samples + self.step * self.tc.batch
 
     # ---- checkpoint -------------------------------------------------------------------
+    def shipped_weights(self) -> KnotForcingDiT:
+        """What export_model writes (and stream_eval measures): the EMA
+        weights when EMA is on, else the model itself."""
+        if self.ema is None:
+            return self.model
+        model = build_model(self.mcfg, device=self.device)
+        model.load_state_dict({n: self.ema[n] for n in self.ema}, strict=False)
+        return model
+
     def export_model(self, directory: Path) -> None:
         tc = self.tc
-        model = self.model
-        if self.ema is not None:
-            model = build_model(self.mcfg, device="cpu")
-            model.load_state_dict({n: self.ema[n].cpu() for n in self.ema}, strict=False)
+        model = self.shipped_weights()
         recent = [h["loss"] for h in self.history[-50:]]
         info = {
             "steps": self.base_steps + self.step,
