@@ -178,3 +178,29 @@ def test_evaluation_summary_is_what_auto_reads():
     assert abs(good["generator_minus_guide_only"]["psnr_mouth"] - 2.0) < 1e-9
     bad = evaluation_summary(res(0.40))  # +0.10 over guide-only on other people
     assert bad["beats_guide_only_mouth"] and not bad["identity_cross_kept"] and not bad["use_model"]
+
+
+def test_mouth_region_model_renders_through_the_app(tmp_path, data_file, portrait_path):
+    """A mouth-region checkpoint (its training record names the region) is
+    run by the app on the region cut with the target landmarks and pasted
+    back: `render --mode generator` with it writes every frame, and a
+    portrait crop pushed without landmarks is refused with a message."""
+    import dataclasses
+
+    from engine.mouth_region import RegionSpec
+
+    cfg = dataclasses.replace(get_preset("mouth").model, height=16, width=24, patch=4, dim=32, depth=2, heads=2,
+                              mlp_dim=64, time_freq_dim=32, stem_channels=8).validate()
+    model, _ = random_model(cfg)
+    spec = RegionSpec(hw=(16, 24))
+    save_model(model, tmp_path / "w", trained=True,
+               training={"region": spec.to_record(), "stream_config": get_preset("mouth").stream.to_dict()})
+    gen = load_knot_forcing("cpu", tmp_path / "w")
+    assert gen.region == spec
+    with pytest.raises(ValueError, match="landmarks"):
+        gen.set_reference(torch.rand(3, 256, 256))
+    out = tmp_path / "m.mp4"
+    assert main(["render", "--portrait", str(portrait_path), "--driver", str(data_file("cap13_edit2.mp4")),
+                 "--mode", "generator", "--weights", str(tmp_path / "w"), "--out", str(out),
+                 "--size", "320x180", "--seconds", "0.44"]) == 0
+    assert _frames(out) == 11
