@@ -40,15 +40,55 @@ def resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=hw, mode="bilinear", antialias=shrink, align_corners=False)
 
 
-class FullResStream:
+class ComposingStream:
+    """A stream fed full-size guides and giving full-size frames: each guide
+    is turned into the model's input by ``_prepare`` (which also returns what
+    ``_compose`` needs to rebuild the full-size frame), and the frames the
+    stream returns are composed with the pending entries, oldest first.
+    FullResStream (the whole crop, scaled) and engine/mouth_region.py's
+    MouthRegionStream (the mouth region, pasted back) are the two kinds."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        # what _compose needs for every frame fed but not yet returned, oldest first
+        self._pending: deque = deque()
+
+    def _prepare(self, guide: torch.Tensor, *args):  # -> (pending entry, model input)
+        raise NotImplementedError
+
+    def _compose(self, out: torch.Tensor) -> torch.Tensor:  # pops one pending entry
+        raise NotImplementedError
+
+    def push(self, guide: torch.Tensor, *args) -> list[torch.Tensor]:
+        """guide (B, 3, S, S) (and what the kind needs, e.g. landmarks) -> 0 or c frames (B, 3, S, S)."""
+        entry, model_in = self._prepare(guide, *args)
+        self._pending.append(entry)
+        try:
+            frames = self.stream.push(model_in)
+        except Exception:
+            self._pending.pop()
+            raise
+        return [self._compose(f) for f in frames]
+
+    def flush(self) -> list[torch.Tensor]:
+        out = self.stream.flush()
+        frames = [] if out is None else [self._compose(out[:, i]) for i in range(out.shape[1])]
+        self._pending.clear()
+        return frames
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self._pending.clear()
+
+
+class FullResStream(ComposingStream):
     """A KnotForcingStream fed and read at crop size S (any S >= the model's)."""
 
     def __init__(self, stream: KnotForcingStream) -> None:
-        self.stream = stream
+        # pending entries: (full-size guide, its model-size version); the
+        # downscale is done once per frame
+        super().__init__(stream)
         self.model_hw = (stream.H * stream.codec.downsample, stream.W * stream.codec.downsample)
-        # (full-size guide, its model-size version) of the frames fed but not
-        # yet returned, oldest first: the downscale is done once per frame
-        self._pending: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.stream.device, torch.float32)
@@ -72,23 +112,6 @@ class FullResStream:
             self.stream.set_reference(ref)
             self._pending.clear()
 
-    def push(self, guide: torch.Tensor) -> list[torch.Tensor]:
-        """guide (B, 3, S, S) -> 0 or c frames (B, 3, S, S)."""
+    def _prepare(self, guide: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         low_guide = self._down(guide)
-        self._pending.append((guide, low_guide))
-        try:
-            frames = self.stream.push(low_guide)
-        except Exception:
-            self._pending.pop()
-            raise
-        return [self._compose(f) for f in frames]
-
-    def flush(self) -> list[torch.Tensor]:
-        out = self.stream.flush()
-        frames = [] if out is None else [self._compose(out[:, i]) for i in range(out.shape[1])]
-        self._pending.clear()
-        return frames
-
-    def reset(self) -> None:
-        self.stream.reset()
-        self._pending.clear()
+        return (guide, low_guide), low_guide

@@ -25,12 +25,12 @@ functions, so the model sees at inference what it saw in training.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from engine.detail import ComposingStream
 from engine.motion_guide import INNER_LIP_LOWER, INNER_LIP_UPPER, LIPS_OUTER
 
 EYE_CORNERS = (33, 263)
@@ -201,7 +201,7 @@ def region_inputs(guide: torch.Tensor, lms: torch.Tensor, eye_d: torch.Tensor, s
     return blank_inner_mouth(g, m), centre, half, m
 
 
-class MouthRegionStream:
+class MouthRegionStream(ComposingStream):
     """A stream on the mouth region, fed full-size guides with their target
     landmarks and giving full-size frames: the model's region pasted into
     the guide it was made from (the same interface as engine/detail.py's
@@ -213,15 +213,13 @@ class MouthRegionStream:
     """
 
     def __init__(self, stream, spec: RegionSpec | None = None) -> None:
-        self.stream = stream
+        super().__init__(stream)
         cfg = stream.model.cfg
         self.spec = spec or RegionSpec.for_model(cfg.height, cfg.width)
         if tuple(self.spec.hw) != (cfg.height, cfg.width):
             raise ValueError(f"region {self.spec.hw} does not match the model's {cfg.height}x{cfg.width}")
         self.eye_d: torch.Tensor | None = None
-        # (full-size guide, region centre, half size) of the frames fed but
-        # not returned yet, oldest first
-        self._pending: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
+        # pending entries: (full-size guide, region centre, half size)
         self._mask: torch.Tensor | None = None
 
     @property
@@ -252,27 +250,10 @@ class MouthRegionStream:
             self._mask = paste_mask(self.spec, self.device)
         return paste(full, region.float(), c, h, self.spec, self._mask).clamp_(0, 1)
 
-    def push(self, guide: torch.Tensor, landmarks) -> list[torch.Tensor]:
-        """guide (B, 3, S, S) [0, 1], landmarks (B, 478, 2+) the frame's target
-        -> 0 or c frames (B, 3, S, S)."""
+    def _prepare(self, guide: torch.Tensor, landmarks) -> tuple[tuple, torch.Tensor]:
+        """guide (B, 3, S, S) [0, 1], landmarks (B, 478, 2+) the frame's target."""
         if self.eye_d is None:
             raise RuntimeError("set_reference first")
         guide = guide.to(self.device, torch.float32)
         g, centre, half, _ = region_inputs(guide, self._lms(landmarks, guide.shape[0]), self.eye_d, self.spec)
-        self._pending.append((guide, centre, half))
-        try:
-            frames = self.stream.push(g.clamp_(0, 1))
-        except Exception:
-            self._pending.pop()
-            raise
-        return [self._compose(f) for f in frames]
-
-    def flush(self) -> list[torch.Tensor]:
-        out = self.stream.flush()
-        frames = [] if out is None else [self._compose(out[:, i]) for i in range(out.shape[1])]
-        self._pending.clear()
-        return frames
-
-    def reset(self) -> None:
-        self.stream.reset()
-        self._pending.clear()
+        return (guide, centre, half), g.clamp_(0, 1)

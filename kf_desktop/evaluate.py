@@ -178,7 +178,8 @@ def _pingpong(n_src: int, n: int) -> np.ndarray:
 def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants: Sequence[str] = VARIANTS,
              max_frames: int | None = 250, drift_seconds: float = 600.0, portraits: Sequence[str] | None = None,
              seed: int = 0, progress=_print,
-             drift_variants: Sequence[str] = ("generator", "guide_only")) -> dict[str, Any]:
+             drift_variants: Sequence[str] = ("generator", "guide_only"),
+             clip_names: Sequence[str] | None = None) -> dict[str, Any]:
     from kf_desktop.face import FaceAnalyzer
     from kf_desktop.portrait import load_portrait
 
@@ -191,7 +192,7 @@ def evaluate(data: str | Path, weights: str | Path, out: str | Path, *, variants
     from engine.config import StreamConfig, get_preset
 
     scfg = StreamConfig.from_dict(scfg_dict) if scfg_dict else get_preset(info.training.get("preset", "default")).stream
-    manifest, clips = load_clips(data)
+    manifest, clips = load_clips(data, list(clip_names) if clip_names else None)
     # evaluated at the dataset's crop size, which may exceed the model's (the
     # app's 256 px crop around a 128 px model): what users see
     size = int(manifest["size"])
@@ -524,6 +525,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "kf-desktop eval") -> in
                     help="model variants and the mouth controls (ceiling, interior)")
     ap.add_argument("--drift-variants", nargs="+", default=["generator", "guide_only"], choices=VARIANTS,
                     help="variants that get the long drift run (each costs drift-seconds of video)")
+    ap.add_argument("--clips", nargs="+", default=None, metavar="NAME",
+                    help="only these dataset clips (names as in its manifest; default: all)")
     ap.add_argument("--record", action="store_true",
                     help="write the generator-vs-guide-only summary into the weights' config.json "
                          "(what --mode auto reads to decide whether the model beats the warp)")
@@ -533,7 +536,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "kf-desktop eval") -> in
     weights = a.weights or default_weights_dir()
     res = evaluate(a.data, weights, a.out, variants=a.variants,
                    max_frames=a.max_frames or None, drift_seconds=a.drift_seconds, portraits=a.portraits,
-                   drift_variants=a.drift_variants)
+                   drift_variants=a.drift_variants, clip_names=a.clips)
     if a.record:
         path = record_evaluation(weights, res)
         print(f"recorded the evaluation summary in {path}")
