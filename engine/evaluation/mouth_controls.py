@@ -35,8 +35,12 @@ def bin_of(openness: float) -> str:
 
 
 def full_mask(lms: torch.Tensor, size: int, feather: int = 3) -> torch.Tensor:
-    """lms (N, 478, 2) crop px -> (N, 1, S, S) feathered inner-mouth mask at crop resolution."""
-    return inner_mouth_mask(lms.float(), RegionSpec(hw=(size, size)), feather=feather)
+    """lms (N, 478, 2) crop px -> (N, 1, S, S) feathered inner-mouth mask at
+    crop resolution (32 frames at a time: the polygon test holds N x V x S x S
+    booleans)."""
+    spec = RegionSpec(hw=(size, size))
+    return torch.cat([inner_mouth_mask(lms[a:a + 32].float(), spec, feather=feather)
+                      for a in range(0, len(lms), 32)])
 
 
 def _depth(mask: torch.Tensor) -> torch.Tensor:
