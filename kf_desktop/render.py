@@ -24,7 +24,11 @@ from kf_desktop.pipeline import AvatarRenderer, DrivingSignal
 from kf_desktop.portrait import load_portrait
 from kf_desktop.progress import ProgressBar
 from kf_desktop.signals import handle_termination
-from kf_desktop.sinks import RecorderSink, temp_name, verify_mp4
+from kf_desktop.input_path import ffmpeg_url, regular_file
+from kf_desktop.output_lock import OutputLock
+from kf_desktop.output_path import FRAGMENTED, check_video_out, replace_into, video_format
+from kf_desktop.sinks import RecorderSink, verify_mp4
+from kf_desktop.temp_files import discard, forget, new_temp
 from kf_desktop.sources import VideoFileSource
 
 
@@ -41,6 +45,7 @@ class RenderRequest:
     device: str = "auto"
     crop_size: int = 256
     generator_options: dict | None = None
+    overwrite: bool = False  # replace an existing --out (else asked on a terminal, or refused)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,21 @@ def _render(req: RenderRequest, progress: bool) -> RenderResult:
     if req.driver is None and req.audio is None:
         raise UserError("nothing drives the portrait",
                         "pass --driver VIDEO, --audio SPEECH.wav, or both")
+    # Every input and the output are checked before any work: a FIFO would
+    # block a decoder for ever, an output naming an input would destroy it.
+    regular_file(req.portrait, "portrait photo", "--portrait")
+    if req.driver is not None:
+        regular_file(req.driver, "driving video", "--driver")
+    if req.audio is not None:
+        regular_file(req.audio, "speech WAV", "--audio")
+    agreed = check_video_out(req.out, [("portrait", req.portrait), ("driving video", req.driver),
+                                       ("speech WAV", req.audio)], overwrite=req.overwrite)
+    with OutputLock(req.out) as lock:
+        return _render_locked(req, agreed, lock, progress)
+
+
+def _render_locked(req: RenderRequest, agreed: bool, lock: OutputLock,
+                   progress: bool) -> RenderResult:
     device = resolve_device(req.device)
     limit_blas_threads(1)  # the guide's small solves: 1 thread is fastest (blas_threads.py)
     track = AudioTrack(req.audio) if req.audio is not None else None
@@ -85,7 +105,8 @@ def _render(req: RenderRequest, progress: bool) -> RenderResult:
             portrait = load_portrait(req.portrait, still, crop_size=req.crop_size)
         generator = make_generator(req.mode, device, **(req.generator_options or {}),
                                    on_fallback=_warn)
-        recorder = RecorderSink(req.out, req.size[0], req.size[1], fps)
+        recorder = RecorderSink(req.out, req.size[0], req.size[1], fps, overwrite=agreed,
+                                lock=lock)
         recorder.start()  # fails fast on an unwritable output path
         try:
             result = _render_frames(req, source, track, portrait, generator, recorder, fps,
@@ -111,13 +132,20 @@ def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None =
     if ffmpeg is None:
         print("note: ffmpeg not found, the video has no sound track", file=sys.stderr)
         return
-    tmp = temp_name(video, "mux")
+    fmt = video_format(video)
+    try:
+        tmp = new_temp(video, "mux")
+    except OSError as e:
+        raise UserError(f"could not add the sound track: {e.strerror or e}; the silent video "
+                        f"was kept at {video}", "check free disk space and render again") from e
     # Fragmented like the recording: no second pass over the file (+faststart
     # needs room for a second copy of the index) and playable up to the end.
-    cmd = [ffmpeg, "-v", "error", "-nostdin", "-y", "-i", str(video), "-i", str(wav),
+    cmd = [ffmpeg, "-v", "error", "-nostdin", "-y", "-i", ffmpeg_url(video), "-i", ffmpeg_url(wav),
            "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k",
-           "-t", f"{seconds:.3f}", "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
-           "-f", "mp4", str(tmp)]
+           "-t", f"{seconds:.3f}"]
+    if fmt in FRAGMENTED:
+        cmd += ["-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
+    cmd += ["-f", fmt, ffmpeg_url(tmp)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True)
         problem = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else (
@@ -135,9 +163,10 @@ def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None =
                             f"kept at {video}",
                             "free some disk space and render again" if full else
                             "check that ffmpeg works (`ffmpeg -version`) and render again")
-        os.replace(tmp, video)
+        replace_into(tmp, video)
+        forget(tmp)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 class _DriverFaces:
