@@ -56,7 +56,8 @@ def refuse_inputs(out: Path, inputs: Iterable[tuple[str, Path | None]], option: 
     """UserError when ``out`` is the same file (or folder) as a named input."""
     for name, path in inputs:
         if path is not None and same_file(out, Path(path)):
-            raise UserError(f"{option} {out} is the same file as the {name} {path}: writing it "
+            what = "folder" if Path(path).is_dir() else "file"
+            raise UserError(f"{option} {out} is the same {what} as the {name} {path}: writing it "
                             f"would destroy the {name}",
                             f"pass {option} with another file name")
 
