@@ -146,10 +146,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_gui(args: argparse.Namespace) -> int:
     photo = getattr(args, "portrait", None)
     if photo:
-        path = Path(photo).expanduser()
-        if not path.is_file():
-            raise UserError(f"no photo at {photo}", "check the path of the portrait to open")
-        args.portrait = str(path.resolve())
+        from kf_desktop.input_path import regular_file
+
+        args.portrait = str(regular_file(photo, "portrait photo").resolve())
     try:
         from ui.app import run_app
     except ImportError as e:

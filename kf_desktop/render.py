@@ -6,13 +6,16 @@ from the driver frame at the same time, so the result is reproducible.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from kf_desktop.audio_track import AudioTrack
 from kf_desktop.blas_threads import limit_blas_threads
@@ -95,7 +98,7 @@ def _render_locked(req: RenderRequest, agreed: bool, lock: OutputLock,
                    progress: bool) -> RenderResult:
     device = resolve_device(req.device)
     limit_blas_threads(1)  # the guide's small solves: 1 thread is fastest (blas_threads.py)
-    track = AudioTrack(req.audio) if req.audio is not None else None
+    track = AudioTrack(req.audio, max_seconds=req.seconds) if req.audio is not None else None
     source = VideoFileSource(req.driver, realtime=False) if req.driver else None
     if source is not None:
         source.open()  # fails fast on a missing or corrupt driver
@@ -133,6 +136,30 @@ def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None =
         print("note: ffmpeg not found, the video has no sound track", file=sys.stderr)
         return
     fmt = video_format(video)
+    with tempfile.TemporaryDirectory(prefix="kf-mux-") as work:
+        # The sound track is the audio the app itself read and analysed, as
+        # plain 16-bit PCM: a WAV that only the app's reader accepts (an odd
+        # data chunk, a cut-off file) muxes the same as a clean one, and
+        # ffmpeg never opens a user's file name.
+        clean = Path(work) / "speech.wav"
+        _write_pcm16(wav, clean, seconds)
+        _mux(ffmpeg, video, clean, seconds, video_frames, fmt)
+
+
+def _write_pcm16(wav: Path, dest: Path, seconds: float) -> None:
+    from kf_desktop.audio.wav import load_wav
+
+    x, rate = load_wav(wav, max_seconds=seconds + 0.1)
+    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(str(dest), "wb") as w:
+        w.setnchannels(pcm.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def _mux(ffmpeg: str, video: Path, wav: Path, seconds: float, video_frames: int | None,
+         fmt: str) -> None:
     try:
         tmp = new_temp(video, "mux")
     except OSError as e:

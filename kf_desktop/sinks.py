@@ -441,7 +441,7 @@ def verify_mp4(path: Path, *, video_frames: int | None = None,
         return "the file is empty"
     probed = _ffprobe_packets(path)
     if probed is None:
-        cap = cv2.VideoCapture(str(path))
+        cap = cv2.VideoCapture(os.path.abspath(path))
         try:
             if not cap.isOpened() or not cap.read()[0]:
                 return "the file does not open as a video"
@@ -474,7 +474,7 @@ def salvage_fragmented_mp4(path: Path) -> int:
         return 0
     probed = _ffprobe_packets(path)
     if probed is None:
-        cap = cv2.VideoCapture(str(path))
+        cap = cv2.VideoCapture(os.path.abspath(path))
         try:
             return 1 if cap.isOpened() and cap.read()[0] else 0
         finally:
