@@ -30,6 +30,14 @@ def kind_of(st: os.stat_result) -> str:
     return "not a regular file"
 
 
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an existing regular file (links followed), without opening it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def regular_file(path: str | os.PathLike, what: str, option: str = "") -> Path:
     """``path`` as a Path when it is an existing regular file (links are
     followed); else a UserError that names what it is. Never opens it."""
