@@ -44,9 +44,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def generator_options(args: argparse.Namespace) -> dict:
+    from kf_desktop.model_choice import decision_printer
+
     return {"weights": Path(args.weights) if getattr(args, "weights", None) else None,
             "allow_untrained": getattr(args, "allow_untrained", False),
-            "untrained_preset": getattr(args, "untrained_preset", "default")}
+            "untrained_preset": getattr(args, "untrained_preset", "default"),
+            # --mode auto: its one decision is said once, by the generator factory
+            "on_decision": decision_printer(args)}
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -76,7 +80,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
                         fps=args.fps, mode=args.mode, device=args.device,
                         generator_options=generator_options(args),
                         overwrite=getattr(args, "overwrite", False))
-    warn_unused_weights(args)
     result = render(req)
     print(f"wrote {result.path.resolve()} ({result.frames} frames, {result.seconds:.1f} s at "
           f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
@@ -98,7 +101,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from kf_desktop.live import run_live
 
-    warn_unused_weights(args)
     return run_live(args)
 
 
