@@ -83,6 +83,12 @@ def _cmd_render(args: argparse.Namespace) -> int:
     result = render(req)
     print(f"wrote {result.path.resolve()} ({result.frames} frames, {result.seconds:.1f} s at "
           f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
+    if "produced no finite frame" in result.label:
+        print("error: the Knot Forcing model never produced a finite frame (see the warning "
+              "above): the video is guide-only", file=sys.stderr)
+        print("  fix: re-download or re-train the weights; --mode guide skips the model",
+              file=sys.stderr)
+        return NOT_AS_ASKED
     if generator_refused(args.mode, result.label):
         print("error: --mode generator was asked for, but the Knot Forcing model was refused "
               "(see the warning above): the video is guide-only", file=sys.stderr)

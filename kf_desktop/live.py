@@ -203,8 +203,10 @@ def _stream(session: Session, args: argparse.Namespace, stop: threading.Event,
         faces = FaceWatch()
         while not stop.wait(1.0) and time.monotonic() < t_end:
             snap = session.snapshot()
+            bad = int(snap.get("counters", {}).get("nonfinite_recovered", 0))
             notes = tuple(n for n in (faces.note(snap, time.monotonic()),
                                       "GUIDE-ONLY (model refused)" if refused else None,
+                                      f"MODEL NON-FINITE x{bad}: guide frames" if bad else None,
                                       *_sync_notes(snap)) if n)
             print(status_line(snap, notes), file=sys.stderr, flush=True)
     finally:

@@ -284,5 +284,10 @@ def _render_frames(req, source, track, portrait, generator, recorder, fps, devic
     label = generator.name
     if not generator.trained and generator.name != "guide-only":
         label += ": random weights, the output is not meaningful"
+    for message in generator.pop_events():
+        _warn(message, "re-download or re-train the weights; --mode guide skips the model")
+    if generator.never_finite:
+        # What the user got is the motion guide, whatever the model was meant to do.
+        label = f"guide-only: {generator.name} produced no finite frame"
     return RenderResult(req.out, written, fps, written / fps, req.size, label,
                         time.monotonic() - t_start)
