@@ -81,7 +81,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
                         generator_options=generator_options(args),
                         overwrite=getattr(args, "overwrite", False))
     result = render(req)
-    print(f"wrote {result.path.resolve()} ({result.frames} frames, {result.seconds:.1f} s at "
+    print(f"wrote {result.path.resolve()} ({result.frames} frames, "
+          f"{result.seconds:.{1 if result.seconds >= 1 else 2}f} s at "
           f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
     if "produced no finite frame" in result.label:
         print("error: the Knot Forcing model never produced a finite frame (see the warning "

@@ -74,9 +74,9 @@ def refuse_non_regular(path: Path, option: str, *, folder_ok: bool = False) -> b
                         f"pass {option} with a file in a folder you can write to") from None
     if stat.S_ISREG(st.st_mode) or (folder_ok and stat.S_ISDIR(st.st_mode)):
         return True
+    example = f" (e.g. {Path(path) / 'take.mp4'})" if stat.S_ISDIR(st.st_mode) else ""
     raise UserError(f"cannot write {path}: it is {kind_of(st)}, and kf-desktop only writes "
-                    "regular files (it would replace it)",
-                    f"pass {option} with a file name in a folder")
+                    "regular files", f"pass {option} with the name of a new file{example}")
 
 
 def refuse_missing_folder(path: Path, option: str) -> None:
@@ -122,8 +122,8 @@ def check_video_out(out: str | os.PathLike, inputs: Iterable[tuple[str, Path | N
     user agreed to replace an existing file (the recorder then may)."""
     path = Path(out)
     refuse_inputs(path, inputs, option)
-    video_format(path, option)
     exists = refuse_non_regular(path, option)
+    video_format(path, option)
     refuse_missing_folder(path, option)
     if exists:
         may_replace(path, overwrite, option, ask)

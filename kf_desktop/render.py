@@ -19,6 +19,7 @@ import numpy as np
 
 from kf_desktop.audio_track import AudioTrack
 from kf_desktop.blas_threads import limit_blas_threads
+from kf_desktop.cli_args import FPS_RANGE
 from kf_desktop.compute import resolve_device
 from kf_desktop.errors import UserError
 from kf_desktop.face import FaceAnalyzer
@@ -103,7 +104,7 @@ def _render_locked(req: RenderRequest, agreed: bool, lock: OutputLock,
     if source is not None:
         source.open()  # fails fast on a missing or corrupt driver
     try:
-        fps = float(req.fps or (source.fps if source else 25.0))
+        fps = _output_fps(req, source)
         with FaceAnalyzer(static=True, max_faces=2) as still:
             portrait = load_portrait(req.portrait, still, crop_size=req.crop_size)
         generator = make_generator(req.mode, device, **(req.generator_options or {}),
@@ -123,6 +124,26 @@ def _render_locked(req: RenderRequest, agreed: bool, lock: OutputLock,
     if track is not None:
         mux_audio(result.path, track.path, result.seconds, video_frames=result.frames)
     return result
+
+
+def _output_fps(req: RenderRequest, source: VideoFileSource | None) -> float:
+    """--fps, else the driver's rate kept inside the one range kf-desktop
+    writes (the same range --fps accepts); and at least one frame."""
+    if req.fps:
+        fps = float(req.fps)
+    elif source is not None:
+        lo, hi = FPS_RANGE
+        fps = min(max(float(source.fps), lo), hi)
+        if fps != source.fps:
+            _warn(f"the driver video runs at {source.fps:g} fps; the render is at {fps:g} fps, "
+                  f"the nearest rate kf-desktop writes ({lo:g}-{hi:g})",
+                  "pass --fps to choose another rate in that range")
+    else:
+        fps = 25.0
+    if req.seconds is not None and round(req.seconds * fps) < 1:
+        raise UserError(f"--seconds {req.seconds:g} is shorter than one frame at {fps:g} fps",
+                        f"pass --seconds {1 / fps:.3g} or more")
+    return fps
 
 
 def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None = None) -> None:
@@ -278,6 +299,10 @@ def _render_frames(req, source, track, portrait, generator, recorder, fps, devic
               f"{claim} frames ({reached / source.fps:.1f} s of {claim / source.fps:.1f} s), so "
               f"the render is {written / fps:.1f} s instead of "
               f"{(total or 0) / fps:.1f} s", "re-download or re-export the driver video")
+    elif total and written < total and source is not None and req.seconds is not None:
+        print(f"note: the driver video {req.driver} is {written / fps:.2f} s long, shorter than "
+              f"the {req.seconds:g} s asked: the render is {written / fps:.2f} s",
+              file=sys.stderr)
     if faces_missing > 0.5 * max(j, 1):
         print(f"warning: no face found in {faces_missing} of {j} driver frames; "
               "the portrait stayed neutral there", file=sys.stderr)

@@ -164,3 +164,36 @@ def test_a_long_wav_for_a_short_render_is_read_only_as_far_as_needed(tmp_path):
     track = AudioTrack(wav, max_seconds=2.0)
     assert time.perf_counter() - t < 3.0
     assert 2.0 <= track.duration <= 3.0
+
+
+def test_messages_name_the_real_cause(tmp_path, capsys, data_file):
+    """--seconds shorter than a frame, a driver shorter than --seconds, a
+    driver above the fps range, --record a folder, no microphone at all."""
+    clip = data_file("cap13_edit2.mp4")
+    out = str(tmp_path / "o.mp4")
+    rc = main(["render", "--driver", str(clip), "--seconds", "1e-9", "--out", out] + FAST)
+    err = capsys.readouterr().err
+    assert rc == 2 and "shorter than one frame at 25 fps" in err and "driver" not in err, err
+    one = tmp_path / "one.mp4"
+    fast = tmp_path / "fast.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-frames:v", "1", str(one)],
+                   check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=320x240:rate=200:duration=0.3", "-pix_fmt", "yuv420p",
+                    str(fast)], check=True)
+    rc = main(["render", "--driver", str(one), "--seconds", "1", "--out", out] + FAST)
+    cap = capsys.readouterr()
+    assert rc == 0 and "shorter than the 1 s asked" in cap.err and "0.04 s" in cap.out, cap
+    rc = main(["render", "--driver", str(fast), "--out", out, "-y"] + FAST)
+    cap = capsys.readouterr()
+    assert rc == 0 and "runs at 200 fps; the render is at 120 fps" in cap.err, cap.err
+    rate = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=r_frame_rate",
+                           "-of", "csv=p=0", out], capture_output=True, text=True).stdout.strip()
+    assert rate == "120/1"
+    rc = main(["run", "--video", str(clip), "--record", str(tmp_path), "--no-vcam",
+               "--seconds", "1", "--mode", "guide"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "it is a folder" in err and "pass --record" in err, err
+    from kf_desktop.audio.mic import _describe
+
+    assert "connect a microphone" in _describe([])
