@@ -444,7 +444,7 @@ def test_recording_is_playable_while_it_is_written(tmp_path):
 
 
 @needs_ffmpeg
-def test_stale_temp_files_of_dead_processes_are_cleaned(tmp_path, monkeypatch):
+def test_stale_temp_files_of_dead_processes_are_cleaned(tmp_path, monkeypatch, caplog):
     """Hidden temp files that a killed kf-desktop registered are cleaned at the
     next start (a playable recording kept as .partial.mp4); a file that only
     looks like one, a live process's, or a fresh one is never touched."""
@@ -475,7 +475,11 @@ def test_stale_temp_files_of_dead_processes_are_cleaned(tmp_path, monkeypatch):
     for p in (stale, stale_mux, rescued, *lookalikes, fresh):
         os.utime(p, (old, old))
     rec = RecorderSink(out / "take.mp4", W, H, 30)
-    rec.start()
+    with caplog.at_level("WARNING"):
+        rec.start()
+    said = caplog.text  # each file handled is said
+    assert f"removed {stale}" in said and f"removed {stale_mux}" in said
+    assert f"as {out / 'other.partial.mp4'}" in said
     rec.submit(solid(5), 0.0)
     rec.stop()
     left = sorted(p.name for p in out.iterdir())
