@@ -711,6 +711,8 @@ class EngineStream:
                 e._queue[b].append((last, time.monotonic()))
                 frames += self._collect()
             out = torch.cat(frames, 0)[:pending][None]
+        if e._watch[b].poll():  # the last chunk's flag: no next chunk will look at it
+            self._events.append(("nonfinite_recovered", b))
         self.reset()
         return out
 

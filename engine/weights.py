@@ -39,6 +39,7 @@ import torch
 
 from engine.config import ConfigError, EngineError, ModelConfig
 from engine.model import KnotForcingDiT, build_model, count_parameters
+from engine.weights_config import read_json, validate
 
 FORMAT = "kf-desktop-weights/1"
 CONFIG_FILE = "config.json"
@@ -244,10 +245,7 @@ def _check_types(doc: dict[str, Any], where: Path) -> None:
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Parse and sanity-check config.json of a weights directory."""
     d = _resolve_dir(path)
-    try:
-        doc = json.loads((d / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{d / CONFIG_FILE} is not valid JSON ({e})", "re-download the weights or re-train") from e
+    doc = read_json(d / CONFIG_FILE, WeightsError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise WeightsError(
             f"{d / CONFIG_FILE} is not a kf-desktop weights config (format {doc.get('format') if isinstance(doc, dict) else None!r})",
@@ -257,6 +255,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         if key not in doc:
             raise WeightsError(f"{d / CONFIG_FILE} lacks {key!r}", "re-download the weights or re-train")
     _check_types(doc, d / CONFIG_FILE)
+    validate(doc, d / CONFIG_FILE, WeightsError)
     if not doc["files"]:
         raise WeightsError(f"{d / CONFIG_FILE} lists no weight files", "re-download the weights or re-train")
     for f in doc["files"]:
@@ -293,6 +292,8 @@ def check_safetensors_header(path: Path) -> None:
             raise bad(f"header length {n} does not fit in {size} bytes")
         try:
             header = json.loads(f.read(n))
+        except RecursionError:
+            raise bad("header nests too deeply to be a tensor index") from None
         except ValueError as e:
             raise bad(f"header is not JSON: {e}") from e
     if not isinstance(header, dict):
@@ -317,7 +318,11 @@ def verify_files(path: str | os.PathLike, doc: dict[str, Any] | None = None) -> 
         p = d / f["name"]
         if not p.is_file():
             raise WeightsError(f"weight file {p} is missing", "re-download the weights or re-train")
-        got = sha256_file(p)
+        try:
+            got = sha256_file(p)
+        except OSError as e:
+            raise WeightsError(f"weight file {p} cannot be read ({e.strerror or e})",
+                               "check the file's permissions, or re-download the weights") from None
         if got != f.get("sha256"):
             raise WeightsError(
                 f"{p.name} is corrupt or modified: sha256 {got[:16]}... does not match "
@@ -381,7 +386,16 @@ def load_model(
             f"config does not match the tensors: unexpected tensor {extra[0]} (and {len(extra) - 1} more)",
             "the config.json belongs to another model; re-download the weights or re-train",
         )
+    stored = doc.get("dtype")
     for name, t in expected.items():
+        if stored and tensors[name].is_floating_point() and \
+                _dtype_name(tensors[name].dtype) != stored:
+            # The bytes would be read as another number format: garbage out.
+            raise WeightsError(
+                f"{d / CONFIG_FILE} says the weights are {stored}, but {name} is stored as "
+                f"{_dtype_name(tensors[name].dtype)} in the weight files",
+                "the config.json does not belong to these weight files; re-download the "
+                "weights or re-train")
         if tensors[name].dtype.is_floating_point != t.dtype.is_floating_point:
             raise WeightsError(
                 f"config does not match the tensors: {name} is {_dtype_name(tensors[name].dtype)} "

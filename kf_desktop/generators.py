@@ -57,6 +57,11 @@ class GuideOnlyGenerator:
     def reset(self) -> None:
         pass
 
+    def pop_events(self) -> list[str]:
+        return []
+
+    never_finite = False
+
 
 #: The model alone must run this many times faster than the output rate on a
 #: CPU: the face tracker, the guide and paste-back share the same two cores

@@ -48,6 +48,26 @@ class KnotForcingGenerator:
         self.trained = trained
         self.name = "knot-forcing" if trained else "knot-forcing (UNTRAINED)"
         self.description = description
+        #: Chunks handed out, and those the engine found non-finite (their
+        #: frames were replaced by the guide and the window was reset).
+        self.chunks_out = 0
+        self.nonfinite_chunks = 0
+
+    def pop_events(self) -> list[str]:
+        """What went wrong inside the model since the last call, one line each
+        (the engine's ``nonfinite_recovered`` events)."""
+        n = sum(1 for kind, *_ in self.stream.pop_events() if kind == "nonfinite_recovered")
+        self.nonfinite_chunks += n
+        if not n:
+            return []
+        return [f"the Knot Forcing model produced non-finite values ({n} chunk"
+                f"{'s' if n > 1 else ''}): those frames show the motion guide instead, and "
+                "the model restarted from the portrait"]
+
+    @property
+    def never_finite(self) -> bool:
+        """Every chunk so far was non-finite: the output is guide-only."""
+        return self.chunks_out > 0 and self.nonfinite_chunks >= self.chunks_out
 
     @staticmethod
     def _batch(img: torch.Tensor) -> torch.Tensor:
@@ -73,11 +93,14 @@ class KnotForcingGenerator:
                 frames = self.full.push(self._batch(guide), self._needs(landmarks, "target"))
             else:
                 frames = self.full.push(self._batch(guide))
+        self.chunks_out += -(-len(frames) // self.stream.c)
         return [f[0] for f in frames]
 
     def flush(self) -> list[torch.Tensor]:
         with torch.inference_mode():
-            return [f[0] for f in self.full.flush()]
+            frames = [f[0] for f in self.full.flush()]
+        self.chunks_out += -(-len(frames) // self.stream.c)
+        return frames
 
     def reset(self) -> None:
         self.full.reset()

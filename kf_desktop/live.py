@@ -13,6 +13,9 @@ from kf_desktop.compute import resolve_device
 from kf_desktop.errors import UserError
 from kf_desktop.generators import make_generator
 from kf_desktop.idle_motion import IdleMotion
+from kf_desktop.input_path import regular_file
+from kf_desktop.output_lock import OutputLock
+from kf_desktop.output_path import check_video_out
 from kf_desktop.session import Session, SessionConfig, SessionEvent
 from kf_desktop.signals import handle_termination
 from kf_desktop.sinks import NullSink, RecorderSink
@@ -48,7 +51,34 @@ class FaceWatch:
         return None
 
 
+def check_inputs(args: argparse.Namespace) -> bool:
+    """Every user path of `run`, before any device opens: inputs are regular
+    files, the recording is no input and replaces nothing unasked. Returns
+    whether an existing --record file may be replaced."""
+    regular_file(args.portrait, "portrait photo", "--portrait")
+    if args.video:
+        regular_file(args.video, "driving video", "--video")
+    if args.audio:
+        regular_file(args.audio, "speech WAV", "--audio")
+    if not args.record:
+        return False
+    return check_video_out(args.record, [("portrait", Path(args.portrait)),
+                                         ("driving video", args.video and Path(args.video)),
+                                         ("speech WAV", args.audio and Path(args.audio))],
+                           option="--record", overwrite=getattr(args, "overwrite", False))
+
+
 def run_live(args: argparse.Namespace) -> int:
+    record_ok = check_inputs(args)
+    # Held for the whole run: a second kf-desktop recording to the same file
+    # is refused at once, not after its own run.
+    if not args.record:
+        return _run_live(args, False, None)
+    with OutputLock(args.record, "--record") as lock:
+        return _run_live(args, record_ok, lock)
+
+
+def _run_live(args: argparse.Namespace, record_ok: bool, lock: OutputLock | None) -> int:
     device = resolve_device(args.device)
     w, h = args.size
     source_factory = None
@@ -100,7 +130,8 @@ def run_live(args: argparse.Namespace) -> int:
         sinks.append(HeldVirtualCameraSink(w, h, args.fps, delay_ms=getattr(args, "video_delay", None)))
     if args.record:
         # realtime: placed by capture time, so the file plays at wall-clock speed
-        sinks.append(RecorderSink(Path(args.record), w, h, args.fps, realtime=True))
+        sinks.append(RecorderSink(Path(args.record), w, h, args.fps, realtime=True,
+                                  overwrite=record_ok, option="--record", lock=lock))
     if not sinks:
         sinks.append(NullSink())
 
@@ -172,8 +203,10 @@ def _stream(session: Session, args: argparse.Namespace, stop: threading.Event,
         faces = FaceWatch()
         while not stop.wait(1.0) and time.monotonic() < t_end:
             snap = session.snapshot()
+            bad = int(snap.get("counters", {}).get("nonfinite_recovered", 0))
             notes = tuple(n for n in (faces.note(snap, time.monotonic()),
                                       "GUIDE-ONLY (model refused)" if refused else None,
+                                      f"MODEL NON-FINITE x{bad}: guide frames" if bad else None,
                                       *_sync_notes(snap)) if n)
             print(status_line(snap, notes), file=sys.stderr, flush=True)
     finally:

@@ -13,7 +13,9 @@ NOT_AS_ASKED = 3
 
 
 def unused_weights_warning(mode: str, device: str, weights: str | None) -> str | None:
-    """Why ``--weights`` will not be used in ``--mode auto``, or None."""
+    """Why ``--weights`` cannot be used at all (they do not verify), or None.
+    Whether good weights run is ``--mode auto``'s decision (the recorded
+    evaluation, then on a CPU the speed probe): ``decision_message`` says it."""
     if mode != "auto" or not weights:
         return None
     from kf_desktop.kf_generator import describe_shipped_model
@@ -22,11 +24,29 @@ def unused_weights_warning(mode: str, device: str, weights: str | None) -> str |
     if not ok:
         return (f"--weights {weights} is not used: {detail}; --mode auto runs guide-only"
                 + (f" (fix: {fix})" if fix else ""))
-    if not str(device).startswith("cuda"):
-        return (f"--weights {weights} is not used: --mode auto runs the model only on a CUDA "
-                "GPU, and this run is on the CPU, guide-only (fix: add --mode generator to run "
-                "it on the CPU, far slower than real time)")
     return None
+
+
+def decision_message(decision, weights: str | None) -> str:
+    """The one line that reports what ``--mode auto`` chose, and why."""
+    if decision.mode == "guide" and weights:
+        why = decision.reason.removeprefix("guide-only: ")
+        return (f"warning: --weights {weights} is not used: {why}; --mode auto runs guide-only "
+                "(fix: --mode generator runs the model anyway)")
+    return f"note: --mode auto: {decision.reason}"
+
+
+def decision_printer(args):
+    """``on_decision`` for make_generator in a render/run command: prints the
+    auto mode's final decision once (None outside --mode auto)."""
+    if getattr(args, "mode", None) != "auto":
+        return None
+    weights = getattr(args, "weights", None)
+
+    def say(decision) -> None:
+        print(decision_message(decision, weights), file=sys.stderr, flush=True)
+
+    return say
 
 
 def warn_unused_weights(args) -> None:

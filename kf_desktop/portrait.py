@@ -22,6 +22,7 @@ from engine.paste_back import CropBox
 from kf_desktop.errors import NoFaceError, UserError
 from kf_desktop.face import FaceAnalyzer, face_result_from_landmarks, face_width
 from kf_desktop.frames import FaceResult
+from kf_desktop.input_path import regular_file
 
 MAX_MEGAPIXELS = 50.0  # refused before decoding: ~150 MB of RGB, slow to decode
 MAX_SIDE = 2048  # larger photos are downscaled to this long side after loading
@@ -85,6 +86,23 @@ def _too_large(name: str, size_text: str) -> UserError:
     )
 
 
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+
+
+def _shrink_with_alpha(im: Image.Image) -> Image.Image:
+    """A transparent photo larger than MAX_SIDE, shrunk to MAX_SIDE as 8-bit
+    RGBA before it is composited: compositing costs float32 per pixel and
+    channel, so a 49-megapixel cut-out would need gigabytes at full size.
+    (Pillow's resize weighs colours by alpha, so edges do not darken.)"""
+    w, h = im.size
+    scale = MAX_SIDE / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+    return rgba.resize(size, Image.Resampling.BOX)
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """Any Pillow mode -> (H, W, 3) uint8 RGB.
 
@@ -107,9 +125,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
             grey = grey * 255.0
         grey = np.clip(np.nan_to_num(grey), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode in ("P", "L", "RGB") and "transparency" in im.info)
-    if has_alpha:
+    if _has_alpha(im):
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
         alpha = rgba[:, :, 3:4] / 255.0
         rgb = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
@@ -141,6 +157,7 @@ def load_image(path: str | Path) -> np.ndarray:
     if p.is_dir():
         raise UserError(f"{name} is a folder, not an image",
                         "choose an image file (JPEG or PNG) inside it")
+    regular_file(p, "photo")  # a FIFO or a device would block the decoder for ever
     try:
         with warnings.catch_warnings():
             # Pillow warns about large images before our own size check runs;
@@ -162,7 +179,10 @@ def load_image(path: str | Path) -> np.ndarray:
                 im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))
             im.load()  # raises on truncated/corrupt data
             upright = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(upright if upright is not None else im)
+            img = upright if upright is not None else im
+            if max(img.size) > MAX_SIDE and _has_alpha(img):
+                img = _shrink_with_alpha(img)
+            rgb = _to_rgb(img)
     except UserError:
         raise
     except Image.DecompressionBombError as e:

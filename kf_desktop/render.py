@@ -6,16 +6,20 @@ from the driver frame at the same time, so the result is reproducible.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from kf_desktop.audio_track import AudioTrack
 from kf_desktop.blas_threads import limit_blas_threads
+from kf_desktop.cli_args import FPS_RANGE
 from kf_desktop.compute import resolve_device
 from kf_desktop.errors import UserError
 from kf_desktop.face import FaceAnalyzer
@@ -24,7 +28,11 @@ from kf_desktop.pipeline import AvatarRenderer, DrivingSignal
 from kf_desktop.portrait import load_portrait
 from kf_desktop.progress import ProgressBar
 from kf_desktop.signals import handle_termination
-from kf_desktop.sinks import RecorderSink, temp_name, verify_mp4
+from kf_desktop.input_path import ffmpeg_url, regular_file
+from kf_desktop.output_lock import OutputLock
+from kf_desktop.output_path import FRAGMENTED, check_video_out, replace_into, video_format
+from kf_desktop.sinks import RecorderSink, verify_mp4
+from kf_desktop.temp_files import discard, forget, new_temp
 from kf_desktop.sources import VideoFileSource
 
 
@@ -41,6 +49,7 @@ class RenderRequest:
     device: str = "auto"
     crop_size: int = 256
     generator_options: dict | None = None
+    overwrite: bool = False  # replace an existing --out (else asked on a terminal, or refused)
 
 
 @dataclass(frozen=True)
@@ -73,19 +82,35 @@ def _render(req: RenderRequest, progress: bool) -> RenderResult:
     if req.driver is None and req.audio is None:
         raise UserError("nothing drives the portrait",
                         "pass --driver VIDEO, --audio SPEECH.wav, or both")
+    # Every input and the output are checked before any work: a FIFO would
+    # block a decoder for ever, an output naming an input would destroy it.
+    regular_file(req.portrait, "portrait photo", "--portrait")
+    if req.driver is not None:
+        regular_file(req.driver, "driving video", "--driver")
+    if req.audio is not None:
+        regular_file(req.audio, "speech WAV", "--audio")
+    agreed = check_video_out(req.out, [("portrait", req.portrait), ("driving video", req.driver),
+                                       ("speech WAV", req.audio)], overwrite=req.overwrite)
+    with OutputLock(req.out) as lock:
+        return _render_locked(req, agreed, lock, progress)
+
+
+def _render_locked(req: RenderRequest, agreed: bool, lock: OutputLock,
+                   progress: bool) -> RenderResult:
     device = resolve_device(req.device)
     limit_blas_threads(1)  # the guide's small solves: 1 thread is fastest (blas_threads.py)
-    track = AudioTrack(req.audio) if req.audio is not None else None
+    track = AudioTrack(req.audio, max_seconds=req.seconds) if req.audio is not None else None
     source = VideoFileSource(req.driver, realtime=False) if req.driver else None
     if source is not None:
         source.open()  # fails fast on a missing or corrupt driver
     try:
-        fps = float(req.fps or (source.fps if source else 25.0))
+        fps = _output_fps(req, source)
         with FaceAnalyzer(static=True, max_faces=2) as still:
             portrait = load_portrait(req.portrait, still, crop_size=req.crop_size)
         generator = make_generator(req.mode, device, **(req.generator_options or {}),
                                    on_fallback=_warn)
-        recorder = RecorderSink(req.out, req.size[0], req.size[1], fps)
+        recorder = RecorderSink(req.out, req.size[0], req.size[1], fps, overwrite=agreed,
+                                lock=lock)
         recorder.start()  # fails fast on an unwritable output path
         try:
             result = _render_frames(req, source, track, portrait, generator, recorder, fps,
@@ -101,6 +126,26 @@ def _render(req: RenderRequest, progress: bool) -> RenderResult:
     return result
 
 
+def _output_fps(req: RenderRequest, source: VideoFileSource | None) -> float:
+    """--fps, else the driver's rate kept inside the one range kf-desktop
+    writes (the same range --fps accepts); and at least one frame."""
+    if req.fps:
+        fps = float(req.fps)
+    elif source is not None:
+        lo, hi = FPS_RANGE
+        fps = min(max(float(source.fps), lo), hi)
+        if fps != source.fps:
+            _warn(f"the driver video runs at {source.fps:g} fps; the render is at {fps:g} fps, "
+                  f"the nearest rate kf-desktop writes ({lo:g}-{hi:g})",
+                  "pass --fps to choose another rate in that range")
+    else:
+        fps = 25.0
+    if req.seconds is not None and round(req.seconds * fps) < 1:
+        raise UserError(f"--seconds {req.seconds:g} is shorter than one frame at {fps:g} fps",
+                        f"pass --seconds {1 / fps:.3g} or more")
+    return fps
+
+
 def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None = None) -> None:
     """Put the speech into the rendered mp4 (AAC), when ffmpeg is available.
 
@@ -111,13 +156,44 @@ def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None =
     if ffmpeg is None:
         print("note: ffmpeg not found, the video has no sound track", file=sys.stderr)
         return
-    tmp = temp_name(video, "mux")
+    fmt = video_format(video)
+    with tempfile.TemporaryDirectory(prefix="kf-mux-") as work:
+        # The sound track is the audio the app itself read and analysed, as
+        # plain 16-bit PCM: a WAV that only the app's reader accepts (an odd
+        # data chunk, a cut-off file) muxes the same as a clean one, and
+        # ffmpeg never opens a user's file name.
+        clean = Path(work) / "speech.wav"
+        _write_pcm16(wav, clean, seconds)
+        _mux(ffmpeg, video, clean, seconds, video_frames, fmt)
+
+
+def _write_pcm16(wav: Path, dest: Path, seconds: float) -> None:
+    from kf_desktop.audio.wav import load_wav
+
+    x, rate = load_wav(wav, max_seconds=seconds + 0.1)
+    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(str(dest), "wb") as w:
+        w.setnchannels(pcm.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def _mux(ffmpeg: str, video: Path, wav: Path, seconds: float, video_frames: int | None,
+         fmt: str) -> None:
+    try:
+        tmp = new_temp(video, "mux")
+    except OSError as e:
+        raise UserError(f"could not add the sound track: {e.strerror or e}; the silent video "
+                        f"was kept at {video}", "check free disk space and render again") from e
     # Fragmented like the recording: no second pass over the file (+faststart
     # needs room for a second copy of the index) and playable up to the end.
-    cmd = [ffmpeg, "-v", "error", "-nostdin", "-y", "-i", str(video), "-i", str(wav),
+    cmd = [ffmpeg, "-v", "error", "-nostdin", "-y", "-i", ffmpeg_url(video), "-i", ffmpeg_url(wav),
            "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k",
-           "-t", f"{seconds:.3f}", "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
-           "-f", "mp4", str(tmp)]
+           "-t", f"{seconds:.3f}"]
+    if fmt in FRAGMENTED:
+        cmd += ["-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
+    cmd += ["-f", fmt, ffmpeg_url(tmp)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True)
         problem = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else (
@@ -135,9 +211,10 @@ def mux_audio(video: Path, wav: Path, seconds: float, video_frames: int | None =
                             f"kept at {video}",
                             "free some disk space and render again" if full else
                             "check that ffmpeg works (`ffmpeg -version`) and render again")
-        os.replace(tmp, video)
+        replace_into(tmp, video)
+        forget(tmp)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 class _DriverFaces:
@@ -222,11 +299,20 @@ def _render_frames(req, source, track, portrait, generator, recorder, fps, devic
               f"{claim} frames ({reached / source.fps:.1f} s of {claim / source.fps:.1f} s), so "
               f"the render is {written / fps:.1f} s instead of "
               f"{(total or 0) / fps:.1f} s", "re-download or re-export the driver video")
+    elif total and written < total and source is not None and req.seconds is not None:
+        print(f"note: the driver video {req.driver} is {written / fps:.2f} s long, shorter than "
+              f"the {req.seconds:g} s asked: the render is {written / fps:.2f} s",
+              file=sys.stderr)
     if faces_missing > 0.5 * max(j, 1):
         print(f"warning: no face found in {faces_missing} of {j} driver frames; "
               "the portrait stayed neutral there", file=sys.stderr)
     label = generator.name
     if not generator.trained and generator.name != "guide-only":
         label += ": random weights, the output is not meaningful"
+    for message in generator.pop_events():
+        _warn(message, "re-download or re-train the weights; --mode guide skips the model")
+    if generator.never_finite:
+        # What the user got is the motion guide, whatever the model was meant to do.
+        label = f"guide-only: {generator.name} produced no finite frame"
     return RenderResult(req.out, written, fps, written / fps, req.size, label,
                         time.monotonic() - t_start)

@@ -575,6 +575,7 @@ class Session:
         renderer = self._renderer
         assert renderer is not None
         renderer.configure_thread()
+        said_nonfinite = -float("inf")  # when the model's non-finite output was last said
         while not self._stop.is_set():
             signal = self._drive_q.get(timeout=0.1)
             if signal is None:
@@ -594,6 +595,16 @@ class Session:
                 traceback.print_exc()
                 continue
             self.stats.tick("engine")
+            before = getattr(renderer.generator, "nonfinite_chunks", 0)
+            for message in renderer.generator.pop_events():
+                # Counted for the status line; said at most every 30 s.
+                self.stats.count("nonfinite_recovered",
+                                 getattr(renderer.generator, "nonfinite_chunks", 0) - before)
+                if time.monotonic() - said_nonfinite > 30.0:
+                    said_nonfinite = time.monotonic()
+                    self._emit("warning", "nonfinite_recovered", message,
+                               "re-download or re-train the weights; guide-only mode "
+                               "skips the model")
             for f in frames:
                 self._out_q.put(f)
 

@@ -16,8 +16,6 @@ import errno
 import logging
 import os
 import platform
-import re
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +29,11 @@ import cv2
 import numpy as np
 
 from kf_desktop.errors import DeviceError, UserError
+from kf_desktop.input_path import ffmpeg_url
+from kf_desktop.output_lock import OutputLock
+from kf_desktop.output_path import (FRAGMENTED, free_name, refuse_non_regular, replace_into,
+                                    video_format)
+from kf_desktop.temp_files import clean_stale, discard, forget, new_temp
 
 log = logging.getLogger(__name__)
 
@@ -370,73 +373,11 @@ def _even(n: int) -> bool:
     return n % 2 == 0
 
 
-#: Hidden temporary files of RecorderSink / render's sound-track mux:
-#: ``.<stem>.<pid>-<8 hex>.tmp.mp4`` and ``.<stem>.<pid>-<8 hex>.mux.mp4``.
-_TEMP_RE = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.(?:tmp|mux)\.mp4$")
-#: A temp file younger than this is never removed (it may belong to a live
-#: process in another PID namespace sharing the folder).
-STALE_TEMP_MIN_AGE_S = 60.0
-
-
-def temp_name(path: Path, kind: str = "tmp") -> Path:
-    """A fresh hidden temporary name next to ``path`` that names this process."""
-    return path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.{kind}.mp4")
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap, safe check (os.kill(pid, 0) terminates on Windows)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, someone else's
-        return True
-    return True
-
-
-def clean_stale_temp_files(folder: Path, *, min_age_s: float = STALE_TEMP_MIN_AGE_S,
-                           now: float | None = None) -> list[Path]:
-    """Deal with the hidden temporary videos that processes which died
-    (killed, power cut) left in ``folder``; returns the stale files handled.
-    A file is stale when the process it names is gone and it has not been
-    touched for ``min_age_s`` (off POSIX, where a pid cannot be checked: a
-    day). A recording (``.tmp.mp4``) whose complete fragments play is kept as
-    ``<stem>.partial.mp4`` when that name is free; everything else is removed."""
-    removed: list[Path] = []
-    now = time.time() if now is None else now
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _TEMP_RE.match(entry.name)
-        if not m or not entry.is_file(follow_symlinks=False):
-            continue
-        pid = int(m.group(1))
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-        except OSError:
-            continue
-        if pid == os.getpid() or age < min_age_s:
-            continue
-        if _pid_alive(pid) and not (os.name != "posix" and age > 86400):
-            continue
-        path = Path(entry.path)
-        stem = entry.name[1:m.start(1) - 1]
-        keep = folder / f"{stem}.partial.mp4"
-        try:
-            if entry.name.endswith(".tmp.mp4") and not keep.exists() \
-                    and salvage_fragmented_mp4(path) > 0:
-                os.replace(path, keep)
-                log.warning("kept the recording of a process that died (pid %d) as %s", pid, keep)
-            else:
-                os.unlink(path)
-                log.info("removed %s, left behind by a process that died (pid %d)", path, pid)
-        except OSError:
-            continue
-        removed.append(path)
-    return removed
+def clean_stale_temp_files(folder: Path, **kw) -> list[Path]:
+    """Deal with the registered hidden temporary videos that kf-desktop
+    processes which died (killed, power cut) left in ``folder``
+    (kf_desktop/temp_files.py); returns the files handled."""
+    return [tmp for tmp, _ in clean_stale(folder, salvage=salvage_fragmented_mp4, **kw)]
 
 
 def _ffprobe_packets(path: Path) -> tuple[dict[str, int], str] | None:
@@ -448,7 +389,8 @@ def _ffprobe_packets(path: Path) -> tuple[dict[str, int], str] | None:
         return None
     try:
         res = subprocess.run([ffprobe, "-v", "error", "-count_packets", "-show_entries",
-                              "stream=codec_type,nb_read_packets", "-of", "csv=p=0", str(path)],
+                              "stream=codec_type,nb_read_packets", "-of", "csv=p=0",
+                              ffmpeg_url(path)],
                              capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {}, f"ffprobe failed: {e}"
@@ -499,7 +441,7 @@ def verify_mp4(path: Path, *, video_frames: int | None = None,
         return "the file is empty"
     probed = _ffprobe_packets(path)
     if probed is None:
-        cap = cv2.VideoCapture(str(path))
+        cap = cv2.VideoCapture(os.path.abspath(path))
         try:
             if not cap.isOpened() or not cap.read()[0]:
                 return "the file does not open as a video"
@@ -516,19 +458,23 @@ def verify_mp4(path: Path, *, video_frames: int | None = None,
     return None
 
 
+ISOBMFF_SUFFIXES = (".mp4", ".m4v", ".mov")
+
+
 def salvage_fragmented_mp4(path: Path) -> int:
     """Cut a fragmented mp4 back to its last complete fragment so that what
     is kept plays cleanly; returns its frame count (0: nothing playable, or
     unknown without ffprobe and OpenCV cannot read it)."""
     try:
-        end = _isobmff_complete_end(path)
-        if end < path.stat().st_size:
-            os.truncate(path, end)
+        if path.suffix.lower() in ISOBMFF_SUFFIXES:  # Matroska demuxers stop at a cut on their own
+            end = _isobmff_complete_end(path)
+            if end < path.stat().st_size:
+                os.truncate(path, end)
     except OSError:
         return 0
     probed = _ffprobe_packets(path)
     if probed is None:
-        cap = cv2.VideoCapture(str(path))
+        cap = cv2.VideoCapture(os.path.abspath(path))
         try:
             return 1 if cap.isOpened() and cap.read()[0] else 0
         finally:
@@ -564,10 +510,15 @@ class RecorderSink:
     keyframe), so whatever reached the disk before a crash, a kill or a full
     disk plays; else OpenCV's mp4v writer; ``encoder`` forces "ffmpeg" or
     "opencv". Frames go to a hidden temporary file in the output folder
-    (``.<stem>.<pid>-<hex>.tmp.mp4``) that ``stop()`` verifies (ffprobe: the
-    container demuxes without error and holds every frame) and only then
-    renames to ``path``, so an interrupted run never leaves a half-written
-    file under the final name. If the encoder or the verification fails (disk
+    (``.<stem>.<pid>-<token>.tmp<ext>``, registered: kf_desktop/temp_files.py)
+    that ``stop()`` verifies (ffprobe: the container demuxes without error
+    and holds every frame) and only then renames to ``path``, so an
+    interrupted run never leaves a half-written file under the final name.
+    The container follows the extension (.mp4/.m4v, .mov, .mkv; anything
+    else is refused). An existing ``path`` is replaced only with
+    ``overwrite=True``; a file that appears there while recording is kept
+    and the recording goes to ``<stem>-2<ext>``. A lock beside ``path``
+    (kf_desktop/output_lock.py) refuses a second kf-desktop writing it. If the encoder or the verification fails (disk
     full, broken pipe) a UserError is raised; the complete fragments are kept
     as ``<stem>.partial.mp4`` (and the message says how many frames it
     holds) or, if nothing is playable, removed. ``stop()`` with no frames
@@ -582,9 +533,15 @@ class RecorderSink:
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
                  *, encoder: str | None = None, crf: int = 20, preset: str = "veryfast",
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, overwrite: bool = False, option: str = "--out",
+                 lock: OutputLock | None = None) -> None:
         self.requested_path = Path(path)
         self.path = self.requested_path
+        self.option = option
+        self.format = video_format(self.requested_path, option)
+        self.overwrite = overwrite
+        self._given_lock = lock
+        self._lock: OutputLock | None = None
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         if self.width <= 0 or self.height <= 0 or not (0 < self.fps < 1e4):
             raise ValueError(f"bad recording format {width}x{height}@{fps}")
@@ -610,11 +567,16 @@ class RecorderSink:
 
     @property
     def partial_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".partial.mp4")
+        return self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
 
     def _unwritable(self, reason: str) -> UserError:
-        return UserError(f"cannot write {self.path}: {reason}; choose another --out",
-                         "pass --out with a file in an existing folder you can write to")
+        return UserError(f"cannot write {self.path}: {reason}",
+                         f"pass {self.option} with a file in an existing folder you can write to")
+
+    def _release_lock(self) -> None:
+        if self._lock is not None and self._lock is not self._given_lock:
+            self._lock.release()
+        self._lock = None
 
     def _next_take_path(self) -> Path:
         if self._take == 0:
@@ -623,7 +585,7 @@ class RecorderSink:
         n = self._take + 1
         while True:
             cand = rp.with_name(f"{rp.stem}-{n}{rp.suffix}")
-            if not cand.exists() and not cand.with_name(cand.stem + ".partial.mp4").exists():
+            if not cand.exists() and not cand.with_name(cand.stem + ".partial" + rp.suffix).exists():
                 return cand
             n += 1
 
@@ -640,16 +602,20 @@ class RecorderSink:
             self._last_frame = None
             self.encoder = None
         self.path = self._next_take_path()
-        if self.path.is_dir():
-            raise self._unwritable("it is a folder")
+        exists = refuse_non_regular(self.path, self.option)
+        if exists and not (self.overwrite and self._take == 0):
+            raise UserError(f"{self.path} already exists; kf-desktop does not replace a file "
+                            "unasked", f"pass --overwrite (or -y) to replace it, or "
+                            f"{self.option} with another name")
         folder = self.path.parent
+        if not folder.is_dir():
+            raise self._unwritable(f"the folder {folder} does not exist")
+        self._lock = (self._given_lock or OutputLock(self.path, self.option)).acquire()
         clean_stale_temp_files(folder)
-        # Not mkstemp: its 0600 mode would stick to the final video. O_EXCL with
-        # 0666 gives a fresh file with the user's usual (umask) permissions.
-        tmp = temp_name(self.path)
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            tmp = new_temp(self.path)
         except OSError as e:
+            self._release_lock()
             raise self._unwritable(e.strerror or str(e)) from e
         self.tmp_path = tmp
         ffmpeg = shutil.which("ffmpeg")
@@ -657,6 +623,7 @@ class RecorderSink:
         if use_ffmpeg and not ffmpeg:
             self._discard_tmp()
             self.tmp_path = None
+            self._release_lock()
             raise UserError("ffmpeg was requested for recording but is not on PATH",
                             "install ffmpeg (e.g. sudo apt install ffmpeg) or use the OpenCV encoder")
         try:
@@ -667,6 +634,7 @@ class RecorderSink:
         except BaseException:
             self._discard_tmp()
             self.tmp_path = None
+            self._release_lock()
             raise
 
     def _start_ffmpeg(self, ffmpeg: str) -> None:
@@ -680,9 +648,10 @@ class RecorderSink:
         # loses at most the last 2 s; the cost is a few % of file size.
         gop = max(1, round(2 * self.fps))
         cmd += ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-                "-g", str(gop), "-pix_fmt", "yuv420p", "-r", rate,
-                "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
-                "-f", "mp4", str(self.tmp_path)]
+                "-g", str(gop), "-pix_fmt", "yuv420p", "-r", rate]
+        if self.format in FRAGMENTED:
+            cmd += ["-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
+        cmd += ["-f", self.format, ffmpeg_url(self.tmp_path)]
         # stderr to a file: a pipe nobody drains could fill up and stall ffmpeg.
         self._stderr = tempfile.TemporaryFile()
         try:
@@ -779,11 +748,18 @@ class RecorderSink:
             if self.tmp_path.stat().st_size > 0 and self.encoder == "ffmpeg":
                 kept_frames = salvage_fragmented_mp4(self.tmp_path)
             if kept_frames > 0:
-                os.replace(self.tmp_path, self.partial_path)
                 kept = self.partial_path
+                if os.path.lexists(kept):  # an earlier partial take is not replaced
+                    kept = free_name(kept)
+                try:
+                    replace_into(self.tmp_path, kept, self.option)
+                except (UserError, OSError):
+                    kept = self.tmp_path  # it stays, visible in the message
+                forget(self.tmp_path)
             else:
-                self.tmp_path.unlink()
+                discard(self.tmp_path)
         self._done = True
+        self._release_lock()
         if kept and shutil.which("ffprobe"):
             where = (f"; kept the first {kept_frames} frames ({kept_frames / self.fps:.1f} s),"
                      f" which play, as {kept}")
@@ -815,11 +791,7 @@ class RecorderSink:
             self._writer = None
 
     def _discard_tmp(self) -> None:
-        if self.tmp_path is not None:
-            try:
-                self.tmp_path.unlink()
-            except FileNotFoundError:
-                pass
+        discard(self.tmp_path)
 
     def abort(self) -> None:
         """Give up (e.g. the render failed or was interrupted): kill the encoder
@@ -832,6 +804,7 @@ class RecorderSink:
         self._close_encoder()
         self._discard_tmp()
         self._done = True
+        self._release_lock()
 
     def stop(self) -> None:
         """Finish the file, verify it and rename it to ``path``. Raises
@@ -846,6 +819,7 @@ class RecorderSink:
             self._close_encoder()
             self._discard_tmp()
             self._done = True
+            self._release_lock()
             log.warning("no frames were recorded; %s not written", self.path)
             return
         if self._proc is not None:
@@ -866,8 +840,19 @@ class RecorderSink:
             problem = verify_mp4(self.tmp_path)
             if problem:
                 raise self._fail(None, f"the written file does not verify: {problem}")
-        os.replace(self.tmp_path, self.path)
+        if os.path.lexists(self.path) and not (self.overwrite and self._take == 0):
+            # It appeared while we recorded (not ours to replace): keep both.
+            other = self.path
+            self.path = free_name(self.path)
+            log.warning("%s appeared while recording and was left as it is; the recording "
+                        "is %s", other, self.path)
+        try:
+            replace_into(self.tmp_path, self.path, self.option)
+        except UserError as e:
+            raise self._fail(None, e.message) from None
+        forget(self.tmp_path)
         self._done = True
+        self._release_lock()
         self.takes.append(self.path)
         log.info("wrote %s (%d frames, %s)", self.path, self._frames_written, self.encoder)
 

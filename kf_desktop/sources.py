@@ -26,6 +26,7 @@ import numpy as np
 
 from kf_desktop.errors import DeviceError, UserError
 from kf_desktop.frames import Frame
+from kf_desktop.input_path import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +418,13 @@ class VideoFileSource:
         return self.path.name
 
     def _open_cap(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        # An absolute path: a name like `concat:a|b` or `http:x` is then a
+        # local file to FFmpeg, never a protocol (kf_desktop/input_path.py).
+        name = os.path.abspath(self.path)
+        cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
-            cap = cv2.VideoCapture(str(self.path))
+            cap = cv2.VideoCapture(name)
         return cap
 
     def open(self) -> None:
@@ -431,6 +435,7 @@ class VideoFileSource:
             raise UserError(f"video file not found: {p}", "check the path (and the spelling)")
         if p.is_dir():
             raise UserError(f"{p} is a folder, not a video file", "pass the path of a video file")
+        regular_file(p, "video file")  # a FIFO would block the decoder for ever
         if not os.access(p, os.R_OK):
             raise UserError(f"cannot read {p}: permission denied", "check the file's permissions")
         if p.stat().st_size == 0:

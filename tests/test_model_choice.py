@@ -70,14 +70,37 @@ def test_auto_mode_says_why_weights_are_not_used(clip, portrait_path, damaged, t
     assert "not a readable safetensors file" in res.stderr
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="auto uses good weights on a GPU")
-def test_auto_mode_on_the_cpu_says_good_weights_are_not_used(clip, portrait_path, trained_tiny,
-                                                             tmp_path):
+def test_auto_mode_says_once_why_unevaluated_weights_are_not_used(clip, portrait_path,
+                                                                  trained_tiny, tmp_path):
     res = run_cli("render", "--portrait", str(portrait_path), "--driver", clip,
                   "--out", str(tmp_path / "o.mp4"), "--weights", str(trained_tiny), *FAST)
     assert res.returncode == 0, res.stderr[-800:]
-    assert "is not used: --mode auto runs the model only on a CUDA GPU" in res.stderr
-    assert "--mode generator" in res.stderr
+    assert res.stderr.count("is not used") == 1
+    assert f"--weights {trained_tiny} is not used: the weights carry no evaluation" in res.stderr
+    assert "--mode generator" in res.stderr and "guide-only)" in res.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's speed probe is the point")
+def test_auto_mode_on_the_cpu_has_one_decision_and_one_message(clip, portrait_path,
+                                                                trained_tiny, tmp_path):
+    """Weights whose evaluation beats guide-only: on the CPU the speed probe
+    decides, and the one message says what it decided (never "not used
+    because this is the CPU" while the model then runs)."""
+    d = tmp_path / "evaluated"
+    shutil.copytree(trained_tiny, d)
+    doc = json.loads((d / "config.json").read_text())
+    doc["evaluation"] = {"beats_guide_only_mouth": True, "whole_crop_not_worse": True,
+                         "generator_minus_guide_only": {"psnr_mouth": 0.5, "ssim_mouth": 0.01}}
+    (d / "config.json").write_text(json.dumps(doc))
+    res = run_cli("render", "--portrait", str(portrait_path), "--driver", clip,
+                  "--out", str(tmp_path / "o.mp4"), "--weights", str(d), *FAST)
+    assert res.returncode == 0, res.stderr[-800:]
+    decided = [ln for ln in res.stderr.splitlines()
+               if ln.startswith(("note: --mode auto", "warning: --weights"))]
+    assert len(decided) == 1, res.stderr
+    ran_model = "guide-only)" not in res.stdout
+    assert ("Knot Forcing model on the CPU at" in decided[0]) == ran_model, (decided, res.stdout)
+    assert "only on a CUDA GPU" not in res.stderr
 
 
 @pytest.fixture(scope="module")

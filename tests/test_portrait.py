@@ -271,3 +271,26 @@ def test_crop_square_pixel_mapping(size):
     assert np.abs(crop[0, inner, 0] - x[inner] * 0.25).max() < 0.05
     assert np.abs(crop[inner, 0, 1] - (box.y0 + u[inner] * box.size / 256) * 0.25).max() < 0.05
     assert crop_square(img, box, 256).dtype == np.uint8
+
+
+def test_a_huge_transparent_png_is_shrunk_before_compositing(tmp_path):
+    """A 49-megapixel RGBA PNG (under the 50 MP limit) is composited at the
+    working size, not at full size: measured in a fresh process."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    a = np.zeros((7000, 7000, 4), np.uint8)
+    a[2000:5000, 2000:5000] = (200, 150, 120, 255)
+    Image.fromarray(a, "RGBA").save(tmp_path / "big.png", compress_level=1)
+    del a
+    code = ("import resource; from kf_desktop.portrait import load_image; "
+            f"im = load_image({str(tmp_path / 'big.png')!r}); "
+            "print(im.shape, im[1024, 1024].tolist(), im[10, 10].tolist(), "
+            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True, timeout=120).stdout
+    assert "(2048, 2048, 3) [200, 150, 120] [255, 255, 255]" in out, out
+    peak_mb = int(out.split()[-1]) / 1024
+    assert peak_mb < 1600, f"peak {peak_mb:.0f} MB"  # full-size float compositing: ~3.3 GB

@@ -7,6 +7,8 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import pytest
 from kf_desktop.errors import DeviceError, UserError
 from kf_desktop.sinks import (FrameSink, NullSink, PreviewSink, RecorderSink, VirtualCameraSink,
                               fit_frame, probe_virtual_camera, vcam_setup_hint)
+from kf_desktop.temp_files import new_temp
+from tests.conftest import REPO
 from tests.helpers_vcam import MemoryVcam, mem_vcam  # noqa: F401  (fixture)
 
 W, H, FPS = 320, 240, 30
@@ -286,11 +290,12 @@ def test_recorder_unwritable_path(tmp_path, bad):
         path = tmp_path / "no" / "such" / "x.mp4"
     else:
         path = Path(bad)
-    rec = RecorderSink(path, W, H, 30)
+    rec = RecorderSink(path, W, H, 30, option="--record")
     with pytest.raises(UserError) as ei:
         rec.start()
     assert f"cannot write {path}" in ei.value.message
-    assert "choose another --out" in ei.value.message
+    # the fix names the option the user gave (`run --record`), not --out
+    assert "pass --record" in ei.value.hint and "--out" not in str(ei.value)
     rec.stop()
 
 
@@ -439,36 +444,50 @@ def test_recording_is_playable_while_it_is_written(tmp_path):
 
 
 @needs_ffmpeg
-def test_stale_temp_files_of_dead_processes_are_cleaned(tmp_path):
-    """Issue 13 item 8: hidden temp files of processes that died are removed
-    at the next start; a live process's (or a fresh) one is kept."""
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    old = time.time() - 3600
-    stale = tmp_path / f".take.{dead.pid}-0123abcd.tmp.mp4"
-    stale_mux = tmp_path / f".take.{dead.pid}-89abcdef.mux.mp4"
-    live = tmp_path / f".other.{os.getppid()}-0123abcd.tmp.mp4"
-    fresh = tmp_path / f".new.{dead.pid}-00000000.tmp.mp4"
-    mine = tmp_path / "keep.12345-0123abcd.tmp.mp4"  # not hidden: not ours
-    for p in (stale, stale_mux, live, fresh, mine):
+def test_stale_temp_files_of_dead_processes_are_cleaned(tmp_path, monkeypatch, caplog):
+    """Hidden temp files that a killed kf-desktop registered are cleaned at the
+    next start (a playable recording kept as .partial.mp4); a file that only
+    looks like one, a live process's, or a fresh one is never touched."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from pathlib import Path
+        from kf_desktop.temp_files import new_temp
+        for stem in ("take", "other"):
+            print(new_temp(Path({str(out)!r}) / (stem + ".mp4")))
+        print(new_temp(Path({str(out)!r}) / "take.mp4", "mux"))
+        """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    stale, rescued, stale_mux = (Path(p) for p in dead.communicate()[0].split())
+    # Named like the old scheme, or like ours, but never registered: not ours.
+    lookalikes = [out / f".take.{dead.pid}-0123abcd.tmp.mp4",
+                  out / f".user.{dead.pid}-0123456789abcdef.tmp.mp4"]
+    for p in (stale, stale_mux, *lookalikes):
         p.write_bytes(b"x")
-    # a killed recording whose fragments play: kept under a visible name
-    rescued = tmp_path / f".rescued.{dead.pid}-fedcba98.tmp.mp4"
-    with RecorderSink(tmp_path / "src.mp4", W, H, 30) as rec:
+    with RecorderSink(out / "src.mp4", W, H, 30) as rec:  # a killed recording that plays
         for img in _patchy(70):
             rec.submit(img, 0.0)
-    os.replace(tmp_path / "src.mp4", rescued)
+    os.replace(out / "src.mp4", rescued)
     with open(rescued, "ab") as f:
         f.write(b"\0\0\1\0moof" + b"\7" * 50)  # a fragment cut off by the kill
-    for p in (stale, stale_mux, live, mine, rescued):
+    fresh = new_temp(out / "fresh.mp4")  # this process's own: alive
+    old = time.time() - 3600
+    for p in (stale, stale_mux, rescued, *lookalikes, fresh):
         os.utime(p, (old, old))
-    rec = RecorderSink(tmp_path / "take.mp4", W, H, 30)
-    rec.start()
+    rec = RecorderSink(out / "take.mp4", W, H, 30)
+    with caplog.at_level("WARNING"):
+        rec.start()
+    said = caplog.text  # each file handled is said
+    assert f"removed {stale}" in said and f"removed {stale_mux}" in said
+    assert f"as {out / 'other.partial.mp4'}" in said
     rec.submit(solid(5), 0.0)
     rec.stop()
-    left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted(["take.mp4", live.name, fresh.name, mine.name, "rescued.partial.mp4"])
-    assert _probe(tmp_path / "rescued.partial.mp4") == (70, "")
+    left = sorted(p.name for p in out.iterdir())
+    assert left == sorted(["take.mp4", fresh.name, "other.partial.mp4",
+                           *(p.name for p in lookalikes)])
+    assert _probe(out / "other.partial.mp4") == (70, "")
+    assert sorted(p.name for p in (tmp_path / "cache" / "kf-desktop" / "temp-files").iterdir()) \
+        == [f"{fresh.name.split('-')[1].split('.')[0]}.json"]
 
 
 def test_recorder_restarted_writes_a_new_take(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 from pathlib import Path
 
+from kf_desktop.input_path import is_regular_file
 from PySide6.QtCore import QObject, QSize, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QIcon, QImage, QImageReader, QPixmap
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
@@ -22,7 +23,11 @@ FILE_FILTER = "Photos (*.png *.jpg *.jpeg *.bmp *.webp *.tif *.tiff);;All files 
 
 
 def load_thumbnail(path: str, size: int) -> QImage:
-    """Decode ``path`` scaled to fit ``size`` x ``size`` (any thread)."""
+    """Decode ``path`` scaled to fit ``size`` x ``size`` (any thread); a null
+    image for anything that is not a regular file (a FIFO would block the
+    decoding thread, and the window's shutdown that waits for it, for ever)."""
+    if not is_regular_file(path):
+        return QImage()
     reader = QImageReader(path)
     reader.setAutoTransform(True)  # EXIF rotation, as phones store portraits
     src = reader.size()

@@ -128,7 +128,8 @@ def list_microphones(include_pulse: bool = True) -> list[MicInfo]:
 
 def _describe(mics: list[MicInfo]) -> str:
     if not mics:
-        return "no capture devices were found"
+        return ("no capture devices were found: connect a microphone (`kf-desktop doctor` "
+                "lists what the sound system sees), or drive the mouth with --audio FILE.wav")
     return "available: " + ", ".join(
         f"{m.name!r}" if m.pulse_source else f"{m.index} {m.name!r}" for m in mics)
 

@@ -9,6 +9,8 @@ multi-channel, at any rate is read and converted to 16 kHz mono.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -18,45 +20,71 @@ import numpy as np
 
 from kf_desktop.audio.resample import resample
 from kf_desktop.errors import UserError
+from kf_desktop.input_path import kind_of
 
 _HINT = "use a PCM or float WAV file, e.g. convert with `ffmpeg -i INPUT -ac 1 -ar 16000 out.wav`"
 _FMT_PCM, _FMT_FLOAT, _FMT_EXT = 1, 3, 0xFFFE
 
 
-def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
+def load_wav(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Read a WAV file. Returns ``(samples (n, channels) float32 in [-1, 1], rate)``.
 
     Raises UserError for a missing, unreadable, corrupt or unsupported file.
     A data chunk whose declared size runs past the end of the file (a
-    recording that was cut off) is read up to the end of the file.
+    recording that was cut off) is read up to the end of the file. With
+    ``max_seconds`` only that much is read from the disk (a one-hour file
+    for a two-second render costs two seconds of audio).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"audio file not found: {path}", "check the path given to --audio")
     try:
-        raw = path.read_bytes()
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"audio file not found: {path}", "check the path given to --audio") from None
+    except OSError as e:
+        raise UserError(f"cannot read audio file {path}: {e.strerror or e}",
+                        "check the file's permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        # Never opened: reading a FIFO would block for ever.
+        raise UserError(f"the audio file {path} is {kind_of(st)}, not a WAV file",
+                        "give --audio the path of a WAV file")
+    try:
+        with open(path, "rb") as f:
+            return _read_wav(f, path, st.st_size, max_seconds)
     except OSError as e:
         raise UserError(f"cannot read audio file {path}: {e.strerror or e}", "check the file's permissions") from e
-    if len(raw) < 12 or raw[:4] not in (b"RIFF", b"RIFX") or raw[8:12] != b"WAVE":
+
+
+def _read_wav(f, path: Path, size_on_disk: int, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
         raise UserError(f"{path.name} is not a WAV file (no RIFF/WAVE header)", _HINT)
-    if raw[:4] == b"RIFX":
+    if head[:4] == b"RIFX":
         raise UserError(f"{path.name} is a big-endian (RIFX) WAV, which is not supported", _HINT)
     pos = 12
     fmt = None
     data = None
-    while pos + 8 <= len(raw):
-        cid = raw[pos:pos + 4]
-        (size,) = struct.unpack_from("<I", raw, pos + 4)
+    while pos + 8 <= size_on_disk:
+        f.seek(pos)
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            break
+        cid = hdr[:4]
+        (size,) = struct.unpack_from("<I", hdr, 4)
         body = pos + 8
         if cid == b"fmt ":
-            if size < 16 or body + 16 > len(raw):
+            chunk = f.read(min(size, 64))
+            if size < 16 or len(chunk) < 16:
                 raise UserError(f"{path.name}: corrupt WAV format chunk", _HINT)
-            tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", raw, body)
-            if tag == _FMT_EXT and size >= 40 and body + 26 <= len(raw):
-                (tag,) = struct.unpack_from("<H", raw, body + 24)  # sub-format GUID's first field
+            tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", chunk, 0)
+            if tag == _FMT_EXT and size >= 40 and len(chunk) >= 26:
+                (tag,) = struct.unpack_from("<H", chunk, 24)  # sub-format GUID's first field
             fmt = (tag, channels, rate, block_align, bits)
         elif cid == b"data":
-            data = raw[body:min(body + size, len(raw))]
+            want = min(size, size_on_disk - body)
+            if max_seconds is not None and fmt is not None and fmt[3] > 0:
+                frames = int(max_seconds * fmt[2]) + 1
+                want = min(want, frames * fmt[3])
+            data = f.read(max(0, want))
             break
         pos = body + size + (size & 1)  # chunks are word aligned
     if fmt is None:
@@ -67,7 +95,7 @@ def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
     if channels < 1 or rate < 1000 or rate > 768000:
         raise UserError(f"{path.name}: implausible WAV header ({channels} channels, {rate} Hz)", _HINT)
     width = bits // 8
-    if width * channels != block_align or bits % 8:
+    if bits not in (8, 16, 24, 32, 64) or block_align == 0 or width * channels != block_align:
         raise UserError(f"{path.name}: inconsistent WAV header ({bits} bits, block {block_align})", _HINT)
     n = len(data) // block_align
     data = data[: n * block_align]
@@ -92,9 +120,11 @@ def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return np.clip(x, -1.0, 1.0), int(rate)
 
 
-def load_mono16k(path: str | Path, samplerate: int = 16000) -> np.ndarray:
-    """A WAV file as mono float32 at ``samplerate`` (channels averaged)."""
-    x, rate = load_wav(path)
+def load_mono16k(path: str | Path, samplerate: int = 16000,
+                 max_seconds: float | None = None) -> np.ndarray:
+    """A WAV file (its first ``max_seconds``) as mono float32 at ``samplerate``
+    (channels averaged)."""
+    x, rate = load_wav(path, max_seconds)
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     return resample(mono, rate, samplerate)
 

@@ -53,7 +53,7 @@ def test_gui_accepts_a_photo(tmp_path, portrait_path):
     res = _kf("gui", str(portrait_path), "--check", env=env)
     assert res.returncode == 0, res.stderr[-1500:]
     res = _kf("gui", str(tmp_path / "missing.png"), "--check", env=env)
-    assert res.returncode == 2 and "no photo at" in res.stderr
+    assert res.returncode == 2 and "no portrait photo at" in res.stderr
 
 
 def test_the_menu_entry_command_exists_and_takes_the_photo(tmp_path, portrait_path):
