@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         args = _no_command()
         if args is None:
             return 2
+    from kf_desktop.opencv_quiet import quiet_opencv
+
+    quiet_opencv()  # the commands say what went wrong themselves
     if os.environ.get("KF_DEBUG"):
         return int(args.func(args) or 0)
     try:

@@ -105,8 +105,10 @@ def guard_binding() -> tuple[bool, str, str]:
 
 
 def run_app(args: argparse.Namespace | None = None) -> int:
+    from kf_desktop.opencv_quiet import quiet_opencv
     from ui.controller import Controller
 
+    quiet_opencv()
     if QApplication.instance() is None:
         _check_display()
     app = create_application()
