@@ -81,9 +81,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from kf_desktop.data import data_path
+    from kf_desktop.data import verified_data_path
 
-    args.driver = str(data_path(DEMO_DRIVER))
+    args.driver = str(verified_data_path(DEMO_DRIVER))
     args.portrait = str(DEFAULT_PORTRAIT)
     return _cmd_render(args)
 

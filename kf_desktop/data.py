@@ -121,6 +121,20 @@ def data_path(name: str) -> Path:
     return path
 
 
+def verified_data_path(name: str) -> Path:
+    """Like ``data_path``, and the file's sha256 is the pinned one: a fetched
+    file cut short or changed since (a full disk, an interrupted copy) is
+    refused with the command that fetches it again."""
+    path = data_path(name)
+    pinned = next((f.sha256 for pkg in PACKAGES for f in pkg.files if f.name == name), None)
+    if pinned is not None and sha256_file(path) != pinned:
+        raise DataMissingError(
+            f"the fetched data file {path} is damaged or incomplete (its checksum does not "
+            "match the pinned one)",
+            "run `kf-desktop data fetch` to fetch it again")
+    return path
+
+
 def is_complete(pkg: DataPackage, root: Path) -> bool:
     return all((root / f.name).is_file() and sha256_file(root / f.name) == f.sha256
                for f in pkg.files)
