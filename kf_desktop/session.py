@@ -264,7 +264,7 @@ class Session:
         self._threads = []
         self._release()
         if alive:
-            log.warning("threads did not stop in %.1f s: %s", timeout, alive)
+            log.info("threads did not stop in %.1f s: %s", timeout, alive)
             self._emit("warning", "threads_hung",
                        f"the stream's {', '.join(alive)} thread did not stop in {timeout:.0f} s; "
                        "it is left behind", "restart the app if it keeps using the CPU")
@@ -329,7 +329,7 @@ class Session:
         t.start()
         t.join(self.SINK_STOP_TIMEOUT)
         if t.is_alive():
-            log.warning("%s did not stop within %.0f s", _sink_label(sink), self.SINK_STOP_TIMEOUT)
+            log.info("%s did not stop within %.0f s", _sink_label(sink), self.SINK_STOP_TIMEOUT)
             self._emit("warning", "sink_hung",
                        f"{_sink_label(sink)} did not stop within {self.SINK_STOP_TIMEOUT:.0f} s "
                        "(its device hangs); it is left behind", "restart the app")
@@ -848,7 +848,9 @@ class Session:
         feeder.close(0.0)
         self.stats.count("sink_stalled")
         label = _sink_label(sink)
-        log.warning("%s accepted no frame for %.1f s; taking it out", label, waited)
+        # info, not warning: the event below is what the user reads (a
+        # warning would also reach a terminal without logging set up)
+        log.info("%s accepted no frame for %.1f s; taking it out", label, waited)
         self._emit("warning", "sink_stalled",
                    f"{label} accepted no frame for {waited:.1f} s (its disk, device or encoder "
                    "hangs); it was taken out of the stream, the other outputs keep running")
