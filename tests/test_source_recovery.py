@@ -116,11 +116,11 @@ def test_a_source_whose_read_keeps_failing_is_reported_once_then_still_trying(po
     """It used to repeat its warning at every retry (every 2 s, for ever)."""
     src = FailingReads(short_clip)
     cfg = SessionConfig(portrait=portrait, out_size=OUT, source_factory=lambda: src,
-                        reopen_interval=0.1, reopen_max_interval=0.8)
+                        reopen_interval=0.1)
     s = Session(cfg, [NullSink()])
     s.STILL_TRYING_S = 2.0
     with s:
-        time.sleep(6.0)
+        time.sleep(7.0)
     codes = _codes(s)
     assert codes.count("source_lost") == 1, s.events()
     assert 1 <= codes.count("source_retrying") <= 3, s.events()
@@ -128,7 +128,6 @@ def test_a_source_whose_read_keeps_failing_is_reported_once_then_still_trying(po
     assert retry.level == "info" and "still trying" in retry.message
     gaps = [b - a for a, b in zip(src.open_times, src.open_times[1:])]
     assert len(gaps) >= 4 and max(gaps) > 3 * min(gaps), gaps  # it backs off
-    assert max(gaps) < 0.8 + 1.0, gaps  # up to the cap
 
 
 @needs_ffmpeg
