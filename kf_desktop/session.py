@@ -30,6 +30,7 @@ Faults never stop the stream silently (issue 13):
 
 from __future__ import annotations
 
+import enum
 import gc
 import logging
 import threading
@@ -54,6 +55,22 @@ from kf_desktop.sources import FrameSource, SourceLost
 from kf_desktop.stats import RollingStats, Timer
 
 log = logging.getLogger(__name__)
+
+
+class ReaderState(enum.Enum):
+    """Where a ``_SourceReader`` is."""
+    OPENING = "opening"
+    READING = "reading"
+    ENDED = "ended"  # a finite file ended
+    LOST = "lost"  # read() raised
+    FAILED = "failed"  # open() raised
+
+
+class Announce(enum.Enum):
+    """What the capture thread says once the source delivers again."""
+    NONE = "none"
+    RESTORED = "restored"
+    SWITCHED = "switched"
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,7 @@ class Session:
         self._next_open = float("inf")
         self._fresh_instance = False  # next open builds a new source (the old one hangs)
         self._report_open_failure = False
-        self._announce = ""  # event to emit at the next frame: "restored" / "switched"
+        self._announce = Announce.NONE  # event to emit once the source delivers
         self._trouble = 0  # losses / failed reopens since the source last worked
         self._next_still_trying = 0.0
         self._started_sinks: list[FrameSink] = []
@@ -230,7 +247,7 @@ class Session:
         self._running = True
         self._next_open = float("inf")
         self._fresh_instance = False
-        self._announce = ""
+        self._announce = Announce.NONE
         self._trouble = 0
         if self._source is not None:
             self._reader = _SourceReader(self._source, opened=True, on_notice=self._emit,
@@ -505,20 +522,20 @@ class Session:
         if frame is not None:
             if not self._source_ok:
                 self._source_ok = True
-                if self._announce == "switched":
+                if self._announce is Announce.SWITCHED:
                     self._emit("info", "source_switched", f"driving from {r.name}")
-                    self._announce = ""
+                    self._announce = Announce.NONE
             if r.first_frame is not None and \
                     time.monotonic() - r.first_frame >= self.RESTORED_AFTER_S:
                 # Back for good (not one frame before the next failure).
-                if self._announce == "restored":
+                if self._announce is Announce.RESTORED:
                     self._emit("info", "source_restored", f"{r.name} is back")
-                    self._announce = ""
+                    self._announce = Announce.NONE
                 self._trouble = 0
             return frame
         now = time.monotonic()
         state = r.state
-        if state == "failed":
+        if state is ReaderState.FAILED:
             e = r.error
             msg, hint = (e.message, e.hint) if isinstance(e, UserError) else (
                 f"cannot open {r.name}: {type(e).__name__}: {e}", "see the log")
@@ -532,7 +549,7 @@ class Session:
                 delay = self._source_trouble("source_failed", msg, hint, now, r.name)
             self._drop_reader()
             self._next_open = now + delay
-        elif state == "lost":
+        elif state is ReaderState.LOST:
             e = r.error
             if isinstance(e, UserError):
                 msg, hint = e.message, e.hint
@@ -544,17 +561,17 @@ class Session:
             delay = self._source_trouble("source_lost", msg,
                                          hint or "reconnect the camera; the avatar keeps running",
                                          now, r.name)
-            self._announce = "restored"
+            self._announce = Announce.RESTORED
             self._next_open = now + delay
-        elif state == "ended":  # a finite file ended: keep streaming idle
+        elif state is ReaderState.ENDED:  # a finite file ended: keep streaming idle
             self._source_ok = False
             self._drop_reader()
             self._source = None
             self._emit("info", "source_ended", "the driving video ended")
-        elif state == "reading" and now - r.last_frame > self.config.stall_timeout \
-                or state == "opening" and now - r.started > self.config.open_timeout:
-            waited = now - (r.last_frame if state == "reading" else r.started)
-            what = "delivered no frame" if state == "reading" else "did not open"
+        elif state is ReaderState.READING and now - r.last_frame > self.config.stall_timeout \
+                or state is ReaderState.OPENING and now - r.started > self.config.open_timeout:
+            waited = now - (r.last_frame if state is ReaderState.READING else r.started)
+            what = "delivered no frame" if state is ReaderState.READING else "did not open"
             self._source_ok = False
             self._retire_reader()  # its read() may never return: abandon it
             delay = self._source_trouble(
@@ -562,9 +579,9 @@ class Session:
                 "reopened", "check the camera (or the file's disk); it is reopened automatically",
                 now, r.name)
             self._fresh_instance = True  # the stuck instance cannot be reopened
-            self._announce = "restored"
+            self._announce = Announce.RESTORED
             self._next_open = now + delay - self.config.reopen_interval  # the first at once
-        if self._reader is None or self._reader.state != "reading" \
+        if self._reader is None or self._reader.state is not ReaderState.READING \
                 or now - self._reader.last_frame > self.config.stall_timeout:
             self._drive_q.put(self._idle_signal(now))
         return None
@@ -647,14 +664,14 @@ class Session:
         self._retire_reader()
         self._source, self._source_ok = None, False
         self.config.source_factory = factory
-        self._announce = ""
+        self._announce = Announce.NONE
         if factory is None:
             self._fresh_instance = False
             self._emit("info", "source_switched", "no camera: idle motion")
             return
         self._fresh_instance = True
         self._report_open_failure = True
-        self._announce = "switched"
+        self._announce = Announce.SWITCHED
         self._trouble = 0
         self._next_open = 0.0
         self._open_reader()
@@ -887,8 +904,7 @@ class _SourceReader:
 
     The thread opens the source (unless it is already open), then calls
     ``read()`` in a loop and keeps the newest frame in a one-slot mailbox. The
-    capture thread only polls the mailbox and ``state`` ("opening",
-    "reading", "ended", "lost", "failed"), so a driver that blocks never
+    capture thread only polls the mailbox and ``state`` (a ``ReaderState``), so a driver that blocks never
     freezes the stream. ``retire()`` asks the thread to stop and closes the
     source on a helper thread ("kf-source-close"), which also unblocks a
     ``read()`` waiting for the device in well-behaved sources."""
@@ -902,7 +918,7 @@ class _SourceReader:
             self.name = src.name
         except Exception:
             self.name = type(src).__name__
-        self.state = "reading" if opened else "opening"
+        self.state = ReaderState.READING if opened else ReaderState.OPENING
         self.error: BaseException | None = None
         self.started = time.monotonic()
         self.last_frame = self.started  # watchdog reference (time of the last frame)
@@ -925,10 +941,10 @@ class _SourceReader:
                 try:
                     src.open()
                 except Exception as e:
-                    self.error, self.state = e, "failed"
+                    self.error, self.state = e, ReaderState.FAILED
                     return
                 self.last_frame = time.monotonic()
-                self.state = "reading"
+                self.state = ReaderState.READING
             drain = getattr(src, "drain_notices", None)
             while not self._quit.is_set():
                 t0 = time.perf_counter()
@@ -936,7 +952,7 @@ class _SourceReader:
                     frame = src.read()
                 except Exception as e:  # SourceLost, RuntimeError, OSError, cv2.error...
                     if not self._quit.is_set():
-                        self.error, self.state = e, "lost"
+                        self.error, self.state = e, ReaderState.LOST
                     return
                 if self._quit.is_set():
                     return
@@ -944,7 +960,7 @@ class _SourceReader:
                     for code, message, hint in drain():
                         self._on_notice("warning", code, message, hint)
                 if frame is None:
-                    self.state = "ended"
+                    self.state = ReaderState.ENDED
                     return
                 self.last_frame = time.monotonic()
                 if self.first_frame is None:
