@@ -155,8 +155,8 @@ def _verify(path: Path, name: str) -> None:
     if seen.get(name) == [key, want]:
         return
     if sha256_file(path) != want:
-        raise DataMissingError(f"data file {path} does not match its pinned sha256 "
-                               "(changed or damaged since it was fetched)",
+        raise DataMissingError(f"the fetched data file {path} is damaged or incomplete: it does not "
+                               "match its pinned sha256 (changed since it was fetched)",
                                "run `kf-desktop data fetch` again (it replaces the file)")
     seen[name] = [key, want]
     try:
