@@ -329,7 +329,7 @@ def _presets() -> dict[str, Preset]:
     # about 6 tokens across instead of 1-2 in the 128 px head.
     mouth = Preset(
         "mouth",
-        ModelConfig(height=64, width=96, patch=8, dim=192, depth=4, heads=4, mlp_dim=576,
+        ModelConfig(height=64, width=96, patch=16, dim=192, depth=4, heads=4, mlp_dim=576,
                     predict="guide_residual", stem="conv", stem_channels=32),
         StreamConfig(chunk=3, knot=1, window=6, steps=2, shift=2.0, cache_write="reuse_last_step",
                      n_init=8, ref_step=4),
