@@ -98,9 +98,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from kf_desktop.data import data_path
+    from kf_desktop.data import verified_data_path
 
-    args.driver = str(data_path(DEMO_DRIVER))
+    args.driver = str(verified_data_path(DEMO_DRIVER))
     args.portrait = str(DEFAULT_PORTRAIT)
     return _cmd_render(args)
 
@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         args = _no_command()
         if args is None:
             return 2
+    from kf_desktop.opencv_quiet import quiet_opencv
+
+    quiet_opencv()  # the commands say what went wrong themselves
     if os.environ.get("KF_DEBUG"):
         return int(args.func(args) or 0)
     try:

@@ -169,8 +169,12 @@ def _run_live(args: argparse.Namespace, record_ok: bool, lock: OutputLock | None
 
     # Ctrl-C, `kill` (SIGTERM) and a closed terminal (SIGHUP) all stop the
     # stream the same way, so a --record file is finished, not left hidden.
-    with handle_termination(on_signal, include_sigint=True):
-        _stream(session, args, stop, w, h, refused)
+    try:
+        with handle_termination(on_signal, include_sigint=True):
+            _stream(session, args, stop, w, h, refused)
+    except KeyboardInterrupt:
+        _keep_recordings(sinks)
+        raise
     errors = [e for e in session.events() if e.level == "error"]
     if errors:
         raise UserError(errors[-1].message, errors[-1].hint)
@@ -181,6 +185,20 @@ def _run_live(args: argparse.Namespace, record_ok: bool, lock: OutputLock | None
               "the stream was guide-only", file=sys.stderr)
         return NOT_AS_ASKED
     return 0
+
+
+def _keep_recordings(sinks: list) -> None:
+    """A second Ctrl-C gives up at once: what was recorded is kept under a
+    visible ``.partial.mp4`` name (not the hidden temporary file) and the
+    user is told where."""
+    for sink in sinks:
+        if not isinstance(sink, RecorderSink):
+            continue
+        if sink.takes and sink.takes[-1] == sink.path:
+            print(f"[info] the recording was finished as {sink.path}", file=sys.stderr, flush=True)
+            continue
+        err = sink.abandon("interrupted (a second Ctrl-C gives up at once)", hint="")
+        print(f"[warning] {err.message}", file=sys.stderr, flush=True)
 
 
 def _sync_notes(snap: dict) -> tuple[str | None, ...]:

@@ -15,16 +15,22 @@ Faults never stop the stream silently (issue 13):
   another thread; any exception from ``read()`` (``SourceLost``, but also the
   ``RuntimeError``/``OSError`` an unplugged camera gives) is a loss that is
   reopened every ``reopen_interval``;
-- a sink whose ``submit`` raises (or whose own thread failed) is taken out of
-  the output, reported (``sink_failed``) and restarted up to
-  ``sink_retries`` times (``sink_restored`` / ``sink_removed``); the other
-  sinks keep getting every frame; a ``UserError`` (disk full) removes it;
+- every sink is fed from its own thread and bounded hand-off
+  (``SinkFeeder``), so a sink that blocks holds up no other; a sink whose
+  ``submit`` raises (or whose own thread failed) is taken out of the output,
+  reported (``sink_failed``) and restarted up to ``sink_retries`` times
+  (``sink_restored`` / ``sink_removed``); a ``UserError`` (disk full) removes
+  it; a sink that accepts no frame for ``sink_stall_timeout`` s is reported
+  (``sink_stalled``) and ended on a helper thread (a recorder keeps what it
+  wrote as ``.partial.mp4`` and the event names it);
 - ``stop()`` is bounded: a source thread that does not come back in time is
-  reported (``source_hung``) and left behind as a daemon, never joined for ever.
+  reported (``source_hung``) and left behind as a daemon, never joined for
+  ever; so is a sink whose ``stop()`` hangs (``sink_hung``); it never raises.
 """
 
 from __future__ import annotations
 
+import enum
 import gc
 import logging
 import threading
@@ -43,11 +49,28 @@ from kf_desktop.pipeline import AvatarRenderer, DrivingSignal, RenderedFrame
 from kf_desktop.portrait import Portrait, load_portrait
 from kf_desktop.queues import DropOldestQueue
 from kf_desktop.retarget import Gains, MotionParams
+from kf_desktop.sink_feeder import FeederState, SinkFeeder
 from kf_desktop.sinks import FrameSink
 from kf_desktop.sources import FrameSource, SourceLost
 from kf_desktop.stats import RollingStats, Timer
 
 log = logging.getLogger(__name__)
+
+
+class ReaderState(enum.Enum):
+    """Where a ``_SourceReader`` is."""
+    OPENING = "opening"
+    READING = "reading"
+    ENDED = "ended"  # a finite file ended
+    LOST = "lost"  # read() raised
+    FAILED = "failed"  # open() raised
+
+
+class Announce(enum.Enum):
+    """What the capture thread says once the source delivers again."""
+    NONE = "none"
+    RESTORED = "restored"
+    SWITCHED = "switched"
 
 
 @dataclass(frozen=True)
@@ -69,8 +92,10 @@ class SessionConfig:
     device: str = "cpu"
     gains: Gains = field(default_factory=Gains)
     mirror_output: bool = False
-    #: Seconds between attempts to reopen a lost source.
+    #: Seconds before the first attempt to reopen a lost source; each failed
+    #: attempt doubles it, up to ``reopen_max_interval``.
     reopen_interval: float = 2.0
+    reopen_max_interval: float = 16.0
     #: Watchdog: a source that is open but delivers no frame for this long is
     #: declared stalled (idle motion takes over, a fresh instance is opened).
     stall_timeout: float = 1.5
@@ -78,6 +103,9 @@ class SessionConfig:
     open_timeout: float = 12.0
     #: Restarts of a failing sink before it is removed from the stream.
     sink_retries: int = 3
+    #: A sink that accepts no frame for this long while frames wait for it
+    #: (a recorder on a stalled disk) is taken out of the stream.
+    sink_stall_timeout: float = 3.0
     #: Motion used whenever no face drives the avatar: t -> MotionParams.
     idle_motion: Callable[[float], MotionParams | None] | None = None
     generator_factory: Callable[[], Generator] | None = None
@@ -122,10 +150,14 @@ class Session:
         self._next_open = float("inf")
         self._fresh_instance = False  # next open builds a new source (the old one hangs)
         self._report_open_failure = False
-        self._announce = ""  # event to emit at the next frame: "restored" / "switched"
+        self._announce = Announce.NONE  # event to emit once the source delivers
+        self._trouble = 0  # losses / failed reopens since the source last worked
+        self._next_still_trying = 0.0
         self._started_sinks: list[FrameSink] = []
         self._active_sinks: list[FrameSink] = []
         self._sink_retry: dict[int, list] = {}  # id(sink) -> [sink, attempts, due]
+        self._feeders: dict[int, SinkFeeder] = {}  # id(sink) -> its hand-off
+        self._enders: list[threading.Thread] = []  # ending stalled sinks
         self._overloaded = False
         self._overload_votes = 0
         self._next_overload_check = 0.0
@@ -207,6 +239,7 @@ class Session:
             raise
         self._active_sinks = list(self._started_sinks)
         self._sink_retry = {}
+        self._feeders = {id(s): SinkFeeder(s) for s in self._started_sinks}
         self._overloaded = False
         self._overload_votes = 0
         self._output_started = time.monotonic()
@@ -214,7 +247,8 @@ class Session:
         self._running = True
         self._next_open = float("inf")
         self._fresh_instance = False
-        self._announce = ""
+        self._announce = Announce.NONE
+        self._trouble = 0
         if self._source is not None:
             self._reader = _SourceReader(self._source, opened=True, on_notice=self._emit,
                                        stats=self.stats)
@@ -229,20 +263,31 @@ class Session:
     #: stop(): how long the source threads get to come back after close().
     SOURCE_STOP_TIMEOUT = 3.0
 
+    #: stop(): how long a sink's feeder gets to finish the frame in hand.
+    FEEDER_STOP_TIMEOUT = 1.0
+    #: stop(): how long one sink's own ``stop()`` may take (a recorder kills
+    #: its encoder after its own, shorter, grace period).
+    SINK_STOP_TIMEOUT = 15.0
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the threads, join them and release every device. Idempotent.
-        Bounded: a source stuck in its driver is reported, not waited for."""
+        Bounded: a source stuck in its driver or a sink stuck in a device is
+        reported (a warning event), not waited for; it never raises."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
         self._threads = []
         self._release()
+        if alive:
+            log.info("threads did not stop in %.1f s: %s", timeout, alive)
+            self._emit("warning", "threads_hung",
+                       f"the stream's {', '.join(alive)} thread did not stop in {timeout:.0f} s; "
+                       "it is left behind", "restart the app if it keeps using the CPU")
         if self._running:
             self._running = False
             self._emit("info", "stopped", "stream stopped")
-        if alive:
-            raise RuntimeError(f"threads did not stop in {timeout}s: {alive}")
 
     def _release(self) -> None:
         if self._overloaded:  # undo the shedding for the next start
@@ -270,21 +315,51 @@ class Session:
             self._audio.close()
             self._audio = None
             self._audio_motion = None
+        feeders, self._feeders = self._feeders, {}
+        deadline = time.monotonic() + self.FEEDER_STOP_TIMEOUT
+        for f in feeders.values():
+            f.close(max(0.0, deadline - time.monotonic()))
+        enders, self._enders = self._enders, []
+        for t in enders:  # a stalled recorder is being ended: let it say what it kept
+            t.join(self.SINK_STOP_TIMEOUT)
         for sink in reversed(self._started_sinks):
-            try:
-                sink.stop()
-            except UserError as e:
-                self._emit("error", "sink_failed", e.message, e.hint)
-            except Exception as e:  # one broken sink must not keep the others open
-                log.exception("stopping %s failed", type(sink).__name__)
-                self._emit("error", "sink_failed",
-                           f"{_sink_label(sink)} failed while stopping: {type(e).__name__}: {e}")
+            self._stop_sink(sink)
         self._started_sinks = []
         self._active_sinks = []
         self._sink_retry = {}
         if self._gc_frozen:  # garbage of the session's start-up may be collected again
             self._gc_frozen = False
             gc.unfreeze()
+
+    def _stop_sink(self, sink: FrameSink) -> None:
+        """``sink.stop()`` on a helper thread, waited for at most
+        ``SINK_STOP_TIMEOUT``; what it raises becomes an event."""
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                sink.stop()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        t = threading.Thread(target=work, name="kf-sink-stop", daemon=True)
+        t.start()
+        t.join(self.SINK_STOP_TIMEOUT)
+        if t.is_alive():
+            log.info("%s did not stop within %.0f s", _sink_label(sink), self.SINK_STOP_TIMEOUT)
+            self._emit("warning", "sink_hung",
+                       f"{_sink_label(sink)} did not stop within {self.SINK_STOP_TIMEOUT:.0f} s "
+                       "(its device hangs); it is left behind", "restart the app")
+            return
+        for e in errors:
+            if isinstance(e, UserError):
+                self._emit("error", "sink_failed", e.message, e.hint)
+            elif isinstance(e, Exception):  # one broken sink must not keep the others open
+                log.error("stopping %s failed", type(sink).__name__, exc_info=e)
+                self._emit("error", "sink_failed",
+                           f"{_sink_label(sink)} failed while stopping: {type(e).__name__}: {e}")
+            else:
+                raise e
 
     def __enter__(self) -> "Session":
         self.start()
@@ -364,7 +439,13 @@ class Session:
         snap["source_ok"] = self._source_ok
         if self._audio is not None:
             snap["audio"] = self._audio.stats()
-        snap["sinks"] = {type(s).__name__: s.stats() for s in self.sinks}
+        snap["sinks"] = {}
+        for s in self.sinks:
+            st = dict(s.stats())
+            feeder = self._feeders.get(id(s))
+            if feeder is not None:
+                st["handoff"] = feeder.stats()
+            snap["sinks"][type(s).__name__] = st
         return snap
 
     # -- threads ------------------------------------------------------------
@@ -441,24 +522,34 @@ class Session:
         if frame is not None:
             if not self._source_ok:
                 self._source_ok = True
-                if self._announce == "restored":
-                    self._emit("info", "source_restored", f"{r.name} is back")
-                elif self._announce == "switched":
+                if self._announce is Announce.SWITCHED:
                     self._emit("info", "source_switched", f"driving from {r.name}")
-                self._announce = ""
+                    self._announce = Announce.NONE
+            if r.first_frame is not None and \
+                    time.monotonic() - r.first_frame >= self.RESTORED_AFTER_S:
+                # Back for good (not one frame before the next failure).
+                if self._announce is Announce.RESTORED:
+                    self._emit("info", "source_restored", f"{r.name} is back")
+                    self._announce = Announce.NONE
+                self._trouble = 0
             return frame
         now = time.monotonic()
         state = r.state
-        if state == "failed":
+        if state is ReaderState.FAILED:
             e = r.error
+            msg, hint = (e.message, e.hint) if isinstance(e, UserError) else (
+                f"cannot open {r.name}: {type(e).__name__}: {e}", "see the log")
             if self._report_open_failure:
                 self._report_open_failure = False
-                msg, hint = (e.message, e.hint) if isinstance(e, UserError) else (
-                    f"cannot open {r.name}: {type(e).__name__}: {e}", "see the log")
+                self._trouble += 1
+                self._next_still_trying = now + self.STILL_TRYING_S
                 self._emit("error", "source_failed", msg, hint)
+                delay = self.config.reopen_interval
+            else:
+                delay = self._source_trouble("source_failed", msg, hint, now, r.name)
             self._drop_reader()
-            self._next_open = now + self.config.reopen_interval
-        elif state == "lost":
+            self._next_open = now + delay
+        elif state is ReaderState.LOST:
             e = r.error
             if isinstance(e, UserError):
                 msg, hint = e.message, e.hint
@@ -467,31 +558,58 @@ class Session:
                 hint = ""
             self._source_ok = False
             self._drop_reader()
-            self._emit("warning", "source_lost", msg,
-                       hint or "reconnect the camera; the avatar keeps running")
-            self._announce = "restored"
-            self._next_open = now + self.config.reopen_interval
-        elif state == "ended":  # a finite file ended: keep streaming idle
+            delay = self._source_trouble("source_lost", msg,
+                                         hint or "reconnect the camera; the avatar keeps running",
+                                         now, r.name)
+            self._announce = Announce.RESTORED
+            self._next_open = now + delay
+        elif state is ReaderState.ENDED:  # a finite file ended: keep streaming idle
             self._source_ok = False
             self._drop_reader()
             self._source = None
             self._emit("info", "source_ended", "the driving video ended")
-        elif state == "reading" and now - r.last_frame > self.config.stall_timeout \
-                or state == "opening" and now - r.started > self.config.open_timeout:
-            waited = now - (r.last_frame if state == "reading" else r.started)
-            what = "delivered no frame" if state == "reading" else "did not open"
+        elif state is ReaderState.READING and now - r.last_frame > self.config.stall_timeout \
+                or state is ReaderState.OPENING and now - r.started > self.config.open_timeout:
+            waited = now - (r.last_frame if state is ReaderState.READING else r.started)
+            what = "delivered no frame" if state is ReaderState.READING else "did not open"
             self._source_ok = False
             self._retire_reader()  # its read() may never return: abandon it
-            self._emit("warning", "source_stalled",
-                       f"{r.name} {what} for {waited:.1f} s; idle motion until it is reopened",
-                       "check the camera (or the file's disk); it is reopened automatically")
+            delay = self._source_trouble(
+                "source_stalled", f"{r.name} {what} for {waited:.1f} s; idle motion until it is "
+                "reopened", "check the camera (or the file's disk); it is reopened automatically",
+                now, r.name)
             self._fresh_instance = True  # the stuck instance cannot be reopened
-            self._announce = "restored"
-            self._next_open = now
-        if self._reader is None or self._reader.state != "reading" \
+            self._announce = Announce.RESTORED
+            self._next_open = now + delay - self.config.reopen_interval  # the first at once
+        if self._reader is None or self._reader.state is not ReaderState.READING \
                 or now - self._reader.last_frame > self.config.stall_timeout:
             self._drive_q.put(self._idle_signal(now))
         return None
+
+    #: A reopened source counts as back (``source_restored``, the back-off
+    #: starts over) once it has delivered frames for this long.
+    RESTORED_AFTER_S = 1.0
+    #: After the first report of a source that keeps failing, "still
+    #: trying" at most this often.
+    STILL_TRYING_S = 30.0
+
+    def _source_trouble(self, code: str, message: str, hint: str, now: float,
+                        name: str) -> float:
+        """Count one more loss or failed reopen since the source last
+        worked: the first is reported (``code``), later ones only as a
+        "still trying" line every ``STILL_TRYING_S``. The delay before the
+        next attempt: ``reopen_interval`` doubled per failure, capped."""
+        self._trouble += 1
+        if self._trouble == 1:
+            self._emit("warning", code, message, hint)
+            self._next_still_trying = now + self.STILL_TRYING_S
+        elif now >= self._next_still_trying:
+            self._next_still_trying = now + self.STILL_TRYING_S
+            self._emit("info", "source_retrying",
+                       f"still trying to reopen {name} ({self._trouble} tries so far; "
+                       f"the last: {message})", hint)
+        cfg = self.config
+        return min(cfg.reopen_interval * 2 ** min(self._trouble - 1, 16), cfg.reopen_max_interval)
 
     def _open_reader(self) -> None:
         """Start reading (and opening) the current source on its own thread."""
@@ -546,14 +664,15 @@ class Session:
         self._retire_reader()
         self._source, self._source_ok = None, False
         self.config.source_factory = factory
-        self._announce = ""
+        self._announce = Announce.NONE
         if factory is None:
             self._fresh_instance = False
             self._emit("info", "source_switched", "no camera: idle motion")
             return
         self._fresh_instance = True
         self._report_open_failure = True
-        self._announce = "switched"
+        self._announce = Announce.SWITCHED
+        self._trouble = 0
         self._next_open = 0.0
         self._open_reader()
 
@@ -675,14 +794,10 @@ class Session:
         if frame is None:
             return
         with Timer(self.stats, "output"):
-            for sink in list(self._active_sinks):
-                try:
-                    sink.submit(frame.image, frame.timestamp)
-                except UserError as e:  # e.g. recorder's disk full: others go on
-                    self._active_sinks.remove(sink)
-                    self._emit("error", "sink_failed", e.message, e.hint)
-                except Exception as e:
-                    self._sink_failed(sink, f"{type(e).__name__}: {e}", now)
+            for sink in self._active_sinks:
+                feeder = self._feeders.get(id(sink))
+                if feeder is not None:
+                    feeder.offer(frame.image, frame.timestamp)
         now = time.monotonic()
         self.stats.add("latency", (now - frame.timestamp) * 1000.0)
         self.stats.tick("output", now)
@@ -709,9 +824,22 @@ class Session:
                    "the other outputs keep running")
 
     def _service_sinks(self, now: float) -> None:
-        """Notice sinks whose own thread died (``failed``), restart failed
-        sinks that are due."""
+        """Notice sinks whose submit raised, that stalled or whose own thread
+        died (``failed``); restart failed sinks that are due."""
         for sink in list(self._active_sinks):
+            feeder = self._feeders.get(id(sink))
+            if feeder is not None and feeder.state is FeederState.FAILED:
+                e = feeder.error
+                if isinstance(e, UserError):  # e.g. recorder's disk full: others go on
+                    self._active_sinks.remove(sink)
+                    self._emit("error", "sink_failed", e.message, e.hint)
+                else:
+                    self._sink_failed(sink, f"{type(e).__name__}: {e}", now)
+                continue
+            if feeder is not None and \
+                    feeder.stalled_for(now) > self.config.sink_stall_timeout:
+                self._sink_stalled(sink, feeder, feeder.stalled_for(now))
+                continue
             if getattr(sink, "failed", False):
                 err = ""
                 try:
@@ -732,8 +860,48 @@ class Session:
                 self._sink_failed(sink, f"restart failed: {type(e).__name__}: {e}", now)
                 continue
             self._active_sinks.append(sink)
+            feeder = self._feeders.get(id(sink))
+            if feeder is not None:
+                feeder.resume()
             self._emit("info", "sink_restored", f"{_sink_label(sink)} is running again")
             # attempts are kept: a sink that fails again soon counts on
+
+
+    def _sink_stalled(self, sink: FrameSink, feeder: SinkFeeder, waited: float) -> None:
+        """Take a sink that accepts nothing out of the stream and end it on a
+        helper thread (it may never come back from its device). A sink with
+        ``abandon()`` (the recorder) keeps what it wrote and says where."""
+        self._active_sinks.remove(sink)
+        self._sink_retry.pop(id(sink), None)
+        feeder.close(0.0)
+        self.stats.count("sink_stalled")
+        label = _sink_label(sink)
+        # info, not warning: the event below is what the user reads (a
+        # warning would also reach a terminal without logging set up)
+        log.info("%s accepted no frame for %.1f s; taking it out", label, waited)
+        self._emit("warning", "sink_stalled",
+                   f"{label} accepted no frame for {waited:.1f} s (its disk, device or encoder "
+                   "hangs); it was taken out of the stream, the other outputs keep running")
+
+        def end() -> None:
+            abandon = getattr(sink, "abandon", None)
+            try:
+                if abandon is None:
+                    sink.stop()
+                    self._emit("error", "sink_removed", f"{label} was stopped after it stalled",
+                               "restart the stream to use it again")
+                    return
+                err = abandon(f"it accepted no frame for {waited:.0f} s")
+                self._emit("error", "sink_removed", err.message, err.hint)
+            except Exception as e:  # noqa: BLE001 - reported, the stream goes on
+                log.error("ending stalled %s failed", label, exc_info=e)
+                self._emit("error", "sink_removed",
+                           f"{label} stalled and could not be ended: {type(e).__name__}: {e}",
+                           "restart the app")
+
+        t = threading.Thread(target=end, name="kf-sink-end", daemon=True)
+        self._enders.append(t)
+        t.start()
 
 
 def _sink_label(sink: object) -> str:
@@ -747,8 +915,7 @@ class _SourceReader:
 
     The thread opens the source (unless it is already open), then calls
     ``read()`` in a loop and keeps the newest frame in a one-slot mailbox. The
-    capture thread only polls the mailbox and ``state`` ("opening",
-    "reading", "ended", "lost", "failed"), so a driver that blocks never
+    capture thread only polls the mailbox and ``state`` (a ``ReaderState``), so a driver that blocks never
     freezes the stream. ``retire()`` asks the thread to stop and closes the
     source on a helper thread ("kf-source-close"), which also unblocks a
     ``read()`` waiting for the device in well-behaved sources."""
@@ -762,10 +929,11 @@ class _SourceReader:
             self.name = src.name
         except Exception:
             self.name = type(src).__name__
-        self.state = "reading" if opened else "opening"
+        self.state = ReaderState.READING if opened else ReaderState.OPENING
         self.error: BaseException | None = None
         self.started = time.monotonic()
         self.last_frame = self.started  # watchdog reference (time of the last frame)
+        self.first_frame: float | None = None  # when it delivered its first frame
         self._on_notice = on_notice
         self._box: DropOldestQueue[Frame] = DropOldestQueue(1)
         self._quit = threading.Event()
@@ -784,10 +952,10 @@ class _SourceReader:
                 try:
                     src.open()
                 except Exception as e:
-                    self.error, self.state = e, "failed"
+                    self.error, self.state = e, ReaderState.FAILED
                     return
                 self.last_frame = time.monotonic()
-                self.state = "reading"
+                self.state = ReaderState.READING
             drain = getattr(src, "drain_notices", None)
             while not self._quit.is_set():
                 t0 = time.perf_counter()
@@ -795,7 +963,7 @@ class _SourceReader:
                     frame = src.read()
                 except Exception as e:  # SourceLost, RuntimeError, OSError, cv2.error...
                     if not self._quit.is_set():
-                        self.error, self.state = e, "lost"
+                        self.error, self.state = e, ReaderState.LOST
                     return
                 if self._quit.is_set():
                     return
@@ -803,9 +971,11 @@ class _SourceReader:
                     for code, message, hint in drain():
                         self._on_notice("warning", code, message, hint)
                 if frame is None:
-                    self.state = "ended"
+                    self.state = ReaderState.ENDED
                     return
                 self.last_frame = time.monotonic()
+                if self.first_frame is None:
+                    self.first_frame = self.last_frame
                 if self._stats is not None:
                     self._stats.add("capture", (time.perf_counter() - t0) * 1000.0)
                     self._stats.tick("source", self.last_frame)

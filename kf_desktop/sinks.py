@@ -494,6 +494,10 @@ def _disk_full(text: str, exc: BaseException | None, folder: Path) -> bool:
         return False
 
 
+class RecordingEnded(RuntimeError):
+    """``submit`` on a recording that ``stop()``/``abandon()`` ended meanwhile."""
+
+
 class RecorderSink:
     """Writes submitted frames, in order, to an mp4.
 
@@ -529,7 +533,18 @@ class RecorderSink:
     the same session): each later take goes to ``<stem>-2.mp4``,
     ``<stem>-3.mp4``, ... so no take overwrites the previous one
     (``takes`` lists the finished files).
+
+    Bounded ending: ``stop()`` gives ffmpeg ``STOP_GRACE_S`` to finish the
+    file, then kills it (a child stopped or stuck on a hung disk never
+    finishes) and keeps the complete fragments as ``.partial.mp4``;
+    ``abandon(reason)`` does the same at once (the session calls it, from
+    another thread, for a recorder that stalled) and returns the UserError
+    that says what was kept. ``last_progress`` is the monotonic time of the
+    last frame written.
     """
+
+    #: stop(): seconds ffmpeg gets to write the end of the file.
+    STOP_GRACE_S = 5.0
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
                  *, encoder: str | None = None, crf: int = 20, preset: str = "veryfast",
@@ -564,6 +579,12 @@ class RecorderSink:
         self._error: UserError | None = None
         self._done = False
         self._take = 0
+        self.last_progress: float | None = None
+        # stop() and abandon() may run on two threads at once (the session's
+        # stop and the stall handler): one ends the file, the other waits.
+        self._end_lock = threading.RLock()
+        self._ending = False
+        self._abandoned: tuple[str, str] | None = None  # abandon()'s (problem, hint)
 
     @property
     def partial_path(self) -> Path:
@@ -601,6 +622,8 @@ class RecorderSink:
             self._t0 = None
             self._last_frame = None
             self.encoder = None
+            self._ending = False
+            self._abandoned = None
         self.path = self._next_take_path()
         exists = refuse_non_regular(self.path, self.option)
         if exists and not (self.overwrite and self._take == 0):
@@ -651,7 +674,10 @@ class RecorderSink:
                 "-g", str(gop), "-pix_fmt", "yuv420p", "-r", rate]
         if self.format in FRAGMENTED:
             cmd += ["-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
-        cmd += ["-f", self.format, ffmpeg_url(self.tmp_path)]
+        # Each fragment straight to the disk: a calm picture encodes to a few
+        # hundred bytes a frame, and ffmpeg's 32 KB output buffer then held
+        # several fragments that a killed child lost.
+        cmd += ["-flush_packets", "1", "-f", self.format, ffmpeg_url(self.tmp_path)]
         # stderr to a file: a pipe nobody drains could fill up and stall ffmpeg.
         self._stderr = tempfile.TemporaryFile()
         try:
@@ -710,14 +736,20 @@ class RecorderSink:
         self._last_frame = frame if frame is not image else frame.copy()
 
     def _write(self, frame: np.ndarray) -> None:
-        if self._proc is not None:
+        proc = self._proc
+        if self._ending:
+            raise RecordingEnded(f"the recording to {self.path} was ended")
+        if proc is not None:
             try:
-                self._proc.stdin.write(memoryview(frame).cast("B"))
-            except OSError as e:  # BrokenPipeError: ffmpeg died (disk full, ...)
+                proc.stdin.write(memoryview(frame).cast("B"))
+            except (OSError, ValueError) as e:  # BrokenPipeError: ffmpeg died (disk full, ...)
+                if self._ending:  # stop()/abandon() killed it under this write
+                    raise RecordingEnded(f"the recording to {self.path} was ended") from e
                 raise self._fail(e) from e
         else:
             self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         self._frames_written += 1
+        self.last_progress = time.monotonic()
 
     def _ffmpeg_stderr(self) -> str:
         if self._stderr is None:
@@ -728,19 +760,38 @@ class RecorderSink:
         except (OSError, ValueError):
             return ""
 
-    def _fail(self, exc: BaseException | None, problem: str = "") -> UserError:
+    def _finish_encoder(self, grace: float) -> int | None:
+        """Close ffmpeg's input and wait up to ``grace`` s for it to end; kill
+        it after that. Its exit code, or None when it had to be killed. The
+        close runs on a helper thread: it blocks while the pipe is full (a
+        stopped child reads nothing) or while a write holds the pipe."""
+        proc = self._proc
+        if proc is None:
+            return 0
+
+        def close() -> None:
+            try:
+                proc.stdin.close()
+            except (OSError, ValueError):
+                pass  # BrokenPipeError once killed: the data is lost either way
+
+        closer = threading.Thread(target=close, name="kf-recorder-close", daemon=True)
+        closer.start()
+        try:
+            return proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+            proc.wait()
+            closer.join(2.0)
+            return None
+        finally:
+            closer.join(2.0)
+
+    def _fail(self, exc: BaseException | None, problem: str = "", *,
+              grace: float = 30.0, hint: str = "") -> UserError:
         """Stop the encoder, keep the playable part as .partial.mp4, build the error."""
-        rc = None
-        if self._proc is not None:
-            try:
-                self._proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                rc = self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                rc = self._proc.wait()
+        self._ending = True
+        rc = self._finish_encoder(grace) if self._proc is not None else None
         text = self._ffmpeg_stderr()
         self._close_encoder()
         kept, kept_frames = None, 0
@@ -776,10 +827,31 @@ class RecorderSink:
         else:
             err = UserError(f"recording to {self.path} failed after {self._frames_written} frames: "
                             f"{last}{where}",
-                            "check free disk space and that ffmpeg works (`ffmpeg -version`), "
-                            "or choose another --out")
+                            hint or "check free disk space and that ffmpeg works "
+                            "(`ffmpeg -version`), or choose another --out")
         self._error = err
         return err
+
+    STALL_HINT = ("check the disk (or network share) the recording is on; "
+                  "start a new recording once it responds")
+
+    def abandon(self, reason: str, hint: str = STALL_HINT) -> UserError:
+        """End the recording at once (it stalled, or the user gave up): kill
+        the encoder, keep the complete fragments as ``.partial.mp4``; the
+        returned UserError says what was kept. Safe to call from another
+        thread than ``submit``'s, and while ``stop()`` runs on another one
+        (that stop then ends the same way)."""
+        self._abandoned = (f"{reason}, so it was stopped", hint)
+        self._ending = True
+        proc = self._proc
+        if proc is not None:
+            proc.kill()  # first: a stop() in progress waits on this child
+        with self._end_lock:
+            if self._error is not None:
+                return self._error
+            if self._done or self.tmp_path is None:
+                return UserError(f"the recording to {self.path} had already ended", "")
+            return self._fail(None, self._abandoned[0], grace=2.0, hint=hint)
 
     def _close_encoder(self) -> None:
         if self._stderr is not None:
@@ -798,6 +870,7 @@ class RecorderSink:
         and remove the temporary file; ``path`` is never created."""
         if self._done or self.tmp_path is None:
             return
+        self._ending = True
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
@@ -808,10 +881,17 @@ class RecorderSink:
 
     def stop(self) -> None:
         """Finish the file, verify it and rename it to ``path``. Raises
-        UserError if the encoder fails while finishing or the file does not
-        verify (e.g. disk full while writing the last fragment)."""
+        UserError if the encoder fails while finishing, does not finish within
+        ``STOP_GRACE_S`` (it is killed; the complete fragments are kept), or
+        the file does not verify (e.g. disk full while writing the last
+        fragment)."""
+        with self._end_lock:
+            self._stop()
+
+    def _stop(self) -> None:
         if self._done or self.tmp_path is None:
             return
+        self._ending = True
         if self._frames_written == 0:
             if self._proc is not None:
                 self._proc.kill()
@@ -823,12 +903,14 @@ class RecorderSink:
             log.warning("no frames were recorded; %s not written", self.path)
             return
         if self._proc is not None:
-            try:
-                self._proc.stdin.close()
-            except OSError as e:
-                raise self._fail(e) from e
-            rc = self._proc.wait()
+            rc = self._finish_encoder(self.STOP_GRACE_S)
+            if rc is None:
+                raise self._fail(None, f"ffmpeg did not finish the file within "
+                                       f"{self.STOP_GRACE_S:.0f} s (a stalled disk or encoder), "
+                                       "so it was stopped", grace=0.0, hint=self.STALL_HINT)
             text = self._ffmpeg_stderr()
+            if self._abandoned is not None:
+                raise self._fail(None, self._abandoned[0], grace=0.0, hint=self._abandoned[1])
             if rc != 0 or text:  # -loglevel error: any output is an error
                 raise self._fail(None, text.splitlines()[-1] if text else "")
             problem = verify_mp4(self.tmp_path, video_frames=self._frames_written)

@@ -505,11 +505,23 @@ class VideoFileSource:
                 return None
             # Reopening is more reliable than seeking to 0 for every container.
             self._cap.release()
-            self._cap = self._open_cap()
-            ok, bgr = self._cap.read()
+            self._cap = None
+            # A file that is gone for a moment (a network share reconnecting,
+            # a disk waking up) is a lost source, reopened by the session like
+            # an unplugged camera, not the end of the video.
+            if not self.path.exists():
+                raise SourceLost(f"{self.path.name} could not be read again when it looped "
+                                 "(the file is gone)",
+                                 "check the file's disk or network share; it is reopened "
+                                 "when it is back")
+            cap = self._open_cap()
+            ok, bgr = cap.read()
             if not ok or bgr is None:
-                log.warning("%s: could not restart the video for looping", self.path)
-                return None
+                cap.release()
+                raise SourceLost(f"{self.path.name} could not be read again when it looped",
+                                 "check the file's disk or network share; it is reopened "
+                                 "when it is back")
+            self._cap = cap
             self.loops += 1
             self._pass_frames = 1
             return bgr

@@ -9,6 +9,10 @@ virtual camera, with the preview painting live. Prints once a minute the
 frames painted, the preview and virtual-camera rate, RSS and the refcount
 of None (the PySide6 6.12 leak killed the window at ~80 s); saves a final
 screenshot. Exit 0 when the window is alive and still painting at the end.
+
+``--early-close N``: instead, N times the real app (`run_app`, a scratch
+HOME) is started, Start pressed and the window closed 0-1 s later (random);
+each must end within 30 s. Prints one JSON line per try; exit 1 if one hung.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--out", default="/tmp/gui_soak")
+    ap.add_argument("--early-close", type=int, default=0, metavar="N",
+                    help="close the window 0-1 s after Start, N times (each a fresh app)")
     a = ap.parse_args()
+    if a.early_close:
+        return _early_close(a.early_close)
     from kf_desktop.data import data_path
     from kf_desktop.vcam_memory import MemoryVcam
     from tests.ui.conftest import CLIP, file_services
@@ -72,6 +80,31 @@ def main() -> int:
     vc.unregister()
     print(json.dumps({"alive": bool(alive), "minutes": a.minutes, "screenshot": str(out / "window-after-soak.png")}))
     return 0 if alive else 1
+
+
+def _early_close(tries: int) -> int:
+    import os
+    import random
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    hung = 0
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, HOME=home, XDG_CONFIG_HOME=f"{home}/.config",
+                   XDG_DATA_HOME=f"{home}/.local/share", PYTHONPATH=str(repo))
+        for i in range(tries):
+            delay = round(random.uniform(0.0, 1.0), 2)
+            try:
+                r = subprocess.run([sys.executable, "-m", "tests.ui.early_close", str(delay)],
+                                   cwd=repo, env=env, capture_output=True, text=True, timeout=30)
+                row = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else \
+                    {"delay": delay, "rc": r.returncode, "stderr": r.stderr[-500:]}
+            except subprocess.TimeoutExpired:
+                row = {"delay": delay, "hung": True}
+                hung += 1
+            print(json.dumps({"try": i + 1, **row}), flush=True)
+    print(json.dumps({"early_close_tries": tries, "hung": hung}))
+    return 1 if hung else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/soak.py --minutes 20 [--hog 1] [--size 1280x720] [--fps 30]
     .venv/bin/python scripts/soak.py --minutes 20 --sender-only   # the machine's own floor
+    .venv/bin/python scripts/soak.py --minutes 20 --record /tmp/soak.mp4 --stall-recorder-at 120 \
+        --stall-for 10 --lose-video-at 300 --lose-for 4             # with faults
 
 Runs the real session for N minutes: a file-driven source (the fetched test
 clip, looping in real time), the real guide/paste-back engine, a real
@@ -13,6 +15,13 @@ largest gap between two sends), and the events since the last line; at the
 end a summary: RSS growth over the last half (or the last 10 minutes), the
 worst window, the largest gap, gaps over 2 frame periods, and all events.
 Exit status 1 if a worker thread died or the virtual camera stopped.
+
+Faults (each once, at the given second of the run): ``--record PATH`` adds a
+live recorder; ``--stall-recorder-at S --stall-for D`` stops its ffmpeg
+child with SIGSTOP for D s (a stalled disk: the recorder must be taken out
+with its partial file kept, the virtual camera must keep its cadence);
+``--lose-video-at S --lose-for D`` moves the driving video (a copy) away for
+D s (a network share reconnecting: the source must come back).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from kf_desktop.data import data_path  # noqa: E402
 from kf_desktop.idle_motion import IdleMotion  # noqa: E402
 from kf_desktop.session import Session, SessionConfig  # noqa: E402
 from kf_desktop.signals import handle_termination  # noqa: E402
-from kf_desktop.sinks import PreviewSink, VirtualCameraSink  # noqa: E402
+from kf_desktop.sinks import PreviewSink, RecorderSink, VirtualCameraSink  # noqa: E402
 from kf_desktop.sources import VideoFileSource  # noqa: E402
 from kf_desktop.vcam_memory import MemoryVcam  # noqa: E402
 
@@ -122,11 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", default=None, help="driving video (default: the fetched test clip)")
     ap.add_argument("--portrait", default=str(DEFAULT_PORTRAIT))
     ap.add_argument("--json", help="also write the summary as JSON to this file")
+    ap.add_argument("--record", help="also record live to this mp4")
+    ap.add_argument("--stall-recorder-at", type=float, help="s into the run: SIGSTOP ffmpeg")
+    ap.add_argument("--stall-for", type=float, default=10.0, help="s the recorder stays stopped")
+    ap.add_argument("--lose-video-at", type=float, help="s into the run: move the video away")
+    ap.add_argument("--lose-for", type=float, default=4.0, help="s the video stays away")
     ap.add_argument("--sender-only", action="store_true",
                     help="control run: only the virtual-camera sender, fed a fixed frame")
     args = ap.parse_args(argv)
 
     clip = Path(args.clip) if args.clip else data_path("cap13_edit2.mp4")
+    scratch = None
+    if args.lose_video_at is not None:  # a copy, so the fetched clip is never moved
+        import shutil
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="kf-soak-")
+        clip = Path(shutil.copy(clip, Path(scratch.name) / clip.name))
     w, h = args.size
     period = 1.0 / args.fps
     hogs = [multiprocessing.Process(target=_hog, daemon=True) for _ in range(args.hog)]
@@ -142,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SessionConfig(portrait=args.portrait, out_size=(w, h), fps=args.fps,
                         source_factory=lambda: VideoFileSource(clip, realtime=True, loop=True),
                         idle_motion=IdleMotion(seed=0))
+    rec = RecorderSink(args.record, w, h, args.fps, realtime=True) if args.record else None
     session = (SenderOnly(vcam, w, h) if args.sender_only
-               else Session(cfg, [vcam, preview], on_event=events.append))
+               else Session(cfg, [vcam, preview] + ([rec] if rec else []), on_event=events.append))
     print(f"soak{' (sender only)' if args.sender_only else ''}: {args.minutes:g} min, {w}x{h} @ {args.fps:g} fps, hog {args.hog} core(s), "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
     gcw = GcWatch()
@@ -153,13 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     t_end = t_start + args.minutes * 60.0
     rows: list[dict] = []
     stopping = threading.Event()
+    faults: list[dict] = []
+    _schedule_faults(args, rec, clip, t_start, stopping, faults)
     try:
         with handle_termination(lambda signum: stopping.set(), include_sigint=True):
             _loop(args, session, vc, vcam, previews, events, rows, t_start, t_end, period,
                   stopping, gcw)
     finally:
+        stopping.set()
         session.stop()
         vc.unregister()
+        if scratch is not None:
+            scratch.cleanup()
         for p in hogs:
             p.terminate()
     if not rows:
@@ -186,12 +213,55 @@ def main(argv: list[str] | None = None) -> int:
         "gc_full_passes": sum(r["gc_full"] for r in rows),
         "gc_longest_ms": max(r["gc_max_ms"] for r in rows),
         "sender_priority": vcam.stats().get("sender_priority"),
+        "faults": faults,
+        "recording": rec.stats() if rec else None,
+        "recording_events": [e.message for e in events
+                             if e.code in ("sink_stalled", "sink_removed", "sink_failed")],
+        "source_lost_restored": [f"{e.code}: {e.message}" for e in events
+                                 if e.code in ("source_lost", "source_restored")],
         "crashed": crashed or not vcam.stats()["frames_sent"] or vcam.failed,
     }
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     return 1 if summary["crashed"] else 0
+
+
+def _schedule_faults(args, rec, clip: Path, t_start: float, stopping: threading.Event,
+                     faults: list[dict]) -> None:
+    """Inject the faults asked for, each once, on a daemon thread."""
+    import signal
+
+    plan = []
+    if args.stall_recorder_at is not None and rec is not None:
+        plan.append((args.stall_recorder_at, "recorder_stopped", args.stall_for))
+    if args.lose_video_at is not None:
+        plan.append((args.lose_video_at, "video_moved_away", args.lose_for))
+
+    def run() -> None:
+        for at, what, length in sorted(plan):
+            if stopping.wait(max(0.0, t_start + at - time.monotonic())):
+                return
+            faults.append({"t": round(time.monotonic() - t_start, 1), "fault": what,
+                           "for_s": length})
+            print(f"fault: {what} for {length:g} s", flush=True)
+            if what == "recorder_stopped":
+                proc = rec._proc
+                if proc is None:
+                    continue
+                os.kill(proc.pid, signal.SIGSTOP)
+                stopping.wait(length)
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass  # killed meanwhile: what the recorder does with a stalled child
+            else:
+                away = clip.with_name("." + clip.name + ".away")
+                os.rename(clip, away)
+                stopping.wait(length)
+                os.rename(away, clip)
+
+    threading.Thread(target=run, name="soak-faults", daemon=True).start()
 
 
 def _loop(args, session, vc, vcam, previews, events, rows, t_start, t_end, period,

@@ -150,3 +150,26 @@ def test_version_and_help():
     assert res.returncode == 0 and "kf-desktop" in res.stdout
     res = run_cli("render", "--size", "12x", "--driver", "x")
     assert res.returncode == 2 and "size" in res.stderr
+
+
+def test_demo_on_a_truncated_fetched_clip_says_to_fetch_again(data_file, tmp_path):
+    """It used to say "re-download or re-copy the video", a file the user
+    never chose; the fix is the command that fetched it."""
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    src = data_file("cap13_edit2.mp4")
+    clip = data / src.name
+    shutil.copyfile(src, clip)
+    with open(clip, "r+b") as f:
+        f.truncate(src.stat().st_size // 2)
+    env = dict(os.environ, KF_DESKTOP_DATA=str(data))
+    res = subprocess.run([sys.executable, "-m", "kf_desktop", "demo", *FAST, "--out",
+                          str(tmp_path / "demo.mp4")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 2, res.stderr
+    assert "kf-desktop data fetch" in res.stderr and "damaged or incomplete" in res.stderr
+    assert "re-download" not in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "demo.mp4").exists()

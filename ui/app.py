@@ -15,7 +15,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QStandardPaths, QTimer
+from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
@@ -105,8 +105,10 @@ def guard_binding() -> tuple[bool, str, str]:
 
 
 def run_app(args: argparse.Namespace | None = None) -> int:
+    from kf_desktop.opencv_quiet import quiet_opencv
     from ui.controller import Controller
 
+    quiet_opencv()
     if QApplication.instance() is None:
         _check_display()
     app = create_application()
@@ -114,6 +116,9 @@ def run_app(args: argparse.Namespace | None = None) -> int:
     log.info("starting the desktop window (Qt platform %s)", app.platformName())
     binding_ok, binding_detail, binding_fix = guard_binding()
     ctl = Controller(log_setup=logs, portrait=getattr(args, "portrait", None))
+    # Quit on the close itself, not on Qt's last-window-closed logic (see
+    # Controller._on_close); queued: after the close event has returned.
+    ctl.closed.connect(app.quit, Qt.ConnectionType.QueuedConnection)
     install_crash_reporting(ctl.report_unexpected)
     if not binding_ok:
         ctl.notify("warning", "qt_binding", binding_detail, binding_fix)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QGuiApplication, QImage, QKeySequence
-from PySide6.QtWidgets import QApplication, QComboBox, QFileDialog, QMessageBox
+from PySide6.QtWidgets import QComboBox, QFileDialog, QMessageBox
 
 from ui import diagnostics
 from ui.device_pickers import DeviceWatcher
@@ -61,6 +61,8 @@ def _select_data(combo: QComboBox, value: object) -> None:
 class Controller(QObject):
     _diagnostics_ready = Signal(str)
     _unexpected = Signal(str)
+    #: The window was closed (the app quits on it: see ``_on_close``).
+    closed = Signal()
 
     def __init__(self, services: Services | None = None, settings: SettingsStore | None = None,
                  log_setup: LogSetup | None = None, device_poll_ms: int = 3000,
@@ -521,19 +523,29 @@ class Controller(QObject):
 
     # -- shutdown -------------------------------------------------------------------
     def _on_close(self, event: QCloseEvent) -> None:
-        self.shutdown()
+        # Never wait here for the stream. A start still in flight (loading
+        # torch, mediapipe, the portrait: seconds) used to be waited for
+        # inside the close event, and Qt's own quit-on-last-window-closed
+        # was then lost: no window, the process for ever in app.exec(). The
+        # stop is only requested here; ``closed`` makes the app quit, and
+        # run_app waits for the stop (bounded) after its event loop.
+        self.shutdown(wait=False)
+        self.closed.emit()
 
-    def shutdown(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def shutdown(self, wait: bool = True) -> None:
+        """Save the settings, hide the window and stop the stream; with
+        ``wait`` block (bounded) until it has stopped. Idempotent."""
         w, s = self.window, self.settings
-        s.geometry = w.saveGeometry()
-        s.window_state = w.saveState()
-        s.sync()
-        w.hide()
-        QApplication.processEvents()
-        self.watcher.shutdown()
-        w.portrait_picker.thumbs.shutdown()
-        self.bridge.shutdown()
+        if not self._closed:
+            self._closed = True
+            s.geometry = w.saveGeometry()
+            s.window_state = w.saveState()
+            s.sync()
+            w.hide()
+            self.watcher.shutdown()
+            w.portrait_picker.thumbs.shutdown()
+        if wait:
+            self.bridge.shutdown()
+        else:
+            self.bridge.begin_shutdown()
         s.sync()

@@ -3,6 +3,8 @@ and the smoothing (0-100 %)."""
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QSlider, QWidget
 
@@ -56,10 +58,18 @@ class GainsPanel(QWidget):
         return {n: s.value() / 100.0 for n, s in self.sliders.items()}
 
     def set_gains(self, values: dict[str, float]) -> None:
+        """Show ``values`` (shares, 1.0 = 100 %); one that is missing or not a
+        finite number shows its default, one out of range the nearest end."""
         for n, s in self.sliders.items():
             v = values.get(n, DEFAULT_GAINS[n])
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                v = math.nan
+            if not math.isfinite(v):
+                v = DEFAULT_GAINS[n]
             s.blockSignals(True)
-            s.setValue(round(v * 100))
+            s.setValue(min(max(round(v * 100), s.minimum()), s.maximum()))
             s.blockSignals(False)
             self._values[n].setText(f"{s.value()} %")
 

@@ -126,6 +126,8 @@ class SessionBridge(QObject):
         self.preview_frames = 0
         self.preview_dropped = 0
         self._closed = False
+        self._stop_future: concurrent.futures.Future | None = None
+        self._shut_down = False
         self._stats_timer = QTimer(self)
         self._stats_timer.setInterval(stats_interval_ms)
         self._stats_timer.timeout.connect(self._poll_stats)
@@ -250,16 +252,25 @@ class SessionBridge(QObject):
         snap["vcam"] = self._slot.stats()
         return snap
 
-    def shutdown(self, timeout: float = 15.0) -> None:
-        """Stop everything (blocks up to ``timeout``; called when the window closes)."""
-        if self._closed:
+    def begin_shutdown(self) -> None:
+        """Ask the worker to stop the stream, without waiting (the window's
+        close event must not wait for a start still in flight). Idempotent."""
+        if self._stop_future is not None:
             return
-        self._closed = True
+        self._closed = True  # a start in flight gives up before it opens devices
         self._stats_timer.stop()
         self._paused = True  # the preview callback drops frames from here on
-        fut = self._pool.submit(self._op_stop)
+        self._stop_future = self._pool.submit(self._op_stop)
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop everything; blocks up to ``timeout`` for the worker (a start
+        in flight finishes first, then the stop). Idempotent."""
+        self.begin_shutdown()
+        if self._shut_down:
+            return
+        self._shut_down = True
         try:
-            fut.result(timeout)
+            self._stop_future.result(timeout)
         except concurrent.futures.TimeoutError:
             log.warning("the stream did not stop within %.0f s", timeout)
         except Exception:
@@ -356,6 +367,8 @@ class SessionBridge(QObject):
 
     # -- worker jobs (ui-worker thread) ----------------------------------------
     def _op_start(self) -> None:
+        if self._closed:
+            return  # the window closed before this start ran
         if self._session is not None:
             self._set_state(RUNNING)
             return
@@ -561,6 +574,8 @@ class SessionBridge(QObject):
                                     on_event=self._on_event, virtual_mic=self._vmic,
                                     video=self._slot)
 
+        if self._closed:
+            return  # the window closed during the set-up: open no devices
         self.busy.emit("Loading the portrait and opening the camera…")
         session = build(source_factory, mic_factory)
         for _attempt in range(3):  # at most: without the camera, then without the mic

@@ -2,12 +2,17 @@
 
 One place knows the keys and the defaults, and every read survives a value
 of the wrong type (a hand-edited or older settings file) by falling back to
-the default instead of crashing the window at start-up.
+the default instead of crashing the window at start-up. Numbers are checked
+for finiteness and range too (``nan`` parses as a float, and a NaN gain used
+to stop the window from opening at every start): a bad one falls back to its
+default with one logged line per key.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
@@ -15,11 +20,17 @@ from PySide6.QtCore import QByteArray, QSettings
 from ui.options import COMPUTE_DEVICES, DEFAULT_GAINS, GENERATORS, MODES, OUTPUT_SIZES
 
 MAX_RECENT = 8
+#: Smoothing is a share (slider 0-100 %); the other gains go to 200 %.
+GAIN_RANGES = {"smoothing": (0.0, 1.0)}
+GAIN_RANGE = (0.0, 2.0)
+
+log = logging.getLogger(__name__)
 
 
 class SettingsStore:
     def __init__(self, settings: QSettings | None = None) -> None:
         self.qs = settings if settings is not None else QSettings()
+        self._reported: set[str] = set()  # keys whose bad value was logged
 
     @classmethod
     def at(cls, path: str | Path) -> "SettingsStore":
@@ -39,11 +50,22 @@ class SettingsStore:
             return v.lower() in ("1", "true", "yes", "on")
         return default
 
-    def _float(self, key: str, default: float) -> float:
+    def _float(self, key: str, default: float, lo: float = -math.inf,
+               hi: float = math.inf) -> float:
+        """The number at ``key`` if it is finite and in ``lo..hi``, else the
+        default (and one log line for that key)."""
+        raw = self.qs.value(key, default)
         try:
-            return float(self.qs.value(key, default))
+            v = float(raw)
         except (TypeError, ValueError):
-            return default
+            v = math.nan
+        if math.isfinite(v) and lo <= v <= hi:
+            return v
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning("settings file %s: %s=%r is not a number in %g..%g; using the default %g",
+                        self.qs.fileName(), key, raw, lo, hi, default)
+        return default
 
     def _choice(self, key: str, choices: tuple[tuple[str, str], ...], default: str) -> str:
         v = self._str(key, default)
@@ -145,9 +167,9 @@ class SettingsStore:
     @property
     def av_trim_ms(self) -> float:
         """The virtual microphone's A/V trim, clamped like `--av-trim`."""
-        from kf_desktop.audio.virtual_mic import clamp_trim
+        from kf_desktop.audio.virtual_mic import TRIM_MAX_MS, TRIM_MIN_MS
 
-        return clamp_trim(self._float("output/av_trim_ms", 0.0))
+        return self._float("output/av_trim_ms", 0.0, TRIM_MIN_MS, TRIM_MAX_MS)
 
     @av_trim_ms.setter
     def av_trim_ms(self, v: float) -> None:
@@ -178,7 +200,7 @@ class SettingsStore:
     # -- motion --------------------------------------------------------------
     @property
     def gains(self) -> dict[str, float]:
-        return {k: min(max(self._float(f"gains/{k}", d), 0.0), 2.0)
+        return {k: self._float(f"gains/{k}", d, *GAIN_RANGES.get(k, GAIN_RANGE))
                 for k, d in DEFAULT_GAINS.items()}
 
     @gains.setter

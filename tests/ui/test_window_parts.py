@@ -88,6 +88,33 @@ def test_settings_store_survives_garbage(tmp_path):
     assert s.recent_portraits[0] == "/p/3.png" and len(s.recent_portraits) == 8
 
 
+def test_non_finite_or_out_of_range_numbers_fall_back_to_defaults(qtbot, make_window,
+                                                                   clip_path, tmp_path, caplog):
+    """`[gains] head=nan` (a hand-edited file) used to stop the window from
+    opening at every start: ValueError in the gains panel, exit 1."""
+    ini = tmp_path / "kf.ini"
+    ini.write_text("[gains]\nhead=nan\nexpression=inf\nmouth=1.5\neyes=7\nsmoothing=-0.5\n"
+                   "[output]\nav_trim_ms=nan\nsize=640x360\n")
+    caplog.set_level("WARNING", logger="ui.settings_store")
+    ctl = make_window(file_services(clip_path, None), ini)
+    w = ctl.window
+    assert w.isVisible()
+    assert w.gains_panel.gains() == {"head": 1.0, "expression": 1.0, "mouth": 1.5, "eyes": 1.0,
+                                     "smoothing": 0.5}
+    assert w.vmic.trim_ms() == 0.0
+    _ = ctl.settings.gains, ctl.settings.av_trim_ms, ctl.options()  # read again: no new lines
+    lines = [r.getMessage() for r in caplog.records if r.name == "ui.settings_store"]
+    for key in ("gains/head", "gains/expression", "gains/eyes", "gains/smoothing",
+                "output/av_trim_ms"):
+        assert sum(key in line for line in lines) == 1, (key, lines)
+    assert len(lines) == 5, lines
+    assert "using the default" in lines[0]
+    # The panel itself never takes a NaN: defaults, and the nearest end of the range.
+    w.gains_panel.set_gains({"head": float("nan"), "mouth": float("-inf"), "eyes": 9.0})
+    g = w.gains_panel.gains()
+    assert g["head"] == 1.0 and g["mouth"] == 1.0 and g["eyes"] == 2.0
+
+
 # -- hotkeys ---------------------------------------------------------------------
 def test_hotkeys_are_shown_and_work(qtbot, make_window, clip_path):
     ctl = make_window(file_services(clip_path, None))
