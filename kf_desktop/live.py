@@ -198,6 +198,10 @@ def _keep_recordings(sinks: list) -> None:
             print(f"[info] the recording was finished as {sink.path}", file=sys.stderr, flush=True)
             continue
         err = sink.abandon("interrupted (a second Ctrl-C gives up at once)", hint="")
+        if sink.takes and sink.takes[-1] == sink.path and sink.stats()["finished"]:
+            # The first Ctrl-C's stop() finished the file while we waited for it.
+            print(f"[info] the recording was finished as {sink.path}", file=sys.stderr, flush=True)
+            continue
         print(f"[warning] {err.message}", file=sys.stderr, flush=True)
 
 

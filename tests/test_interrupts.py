@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_sinks import _probe
+from tests.test_stalled_sink import _children, _comm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,8 +36,15 @@ def test_two_quick_ctrl_c_keep_the_recording_as_partial(data_file, portrait_path
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
         time.sleep(5.0)  # a few seconds (two 2 s fragments) recorded
+        # The encoder is made slow to finish (SIGSTOP), so the first Ctrl-C's
+        # stop() is still waiting on it when the second one gives up; an
+        # encoder that finishes within 50 ms would leave a complete rec.mp4
+        # instead (the other branch of _keep_recordings).
+        ffmpeg = [c for c in _children(proc.pid) if _comm(c) == "ffmpeg"]
+        assert ffmpeg, "no ffmpeg child"
+        os.kill(ffmpeg[0], signal.SIGSTOP)
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
+        time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         log, _ = proc.communicate(timeout=60)
     finally:
