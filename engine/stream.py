@@ -598,6 +598,8 @@ class KnotForcingStream:
         stream is reset afterwards (the reference stays)."""
         pending = self._n_guides
         if pending == 0 or not self._ref_ready:
+            if self._watch.poll():  # the last chunk's flag: no next chunk will look at it
+                self._recover()
             self.reset()
             return None
         outs = []
@@ -611,6 +613,8 @@ class KnotForcingStream:
             take = min(self.c, pending)
             outs.append(committed[:, :take])
             pending -= take
+        if self._watch.poll():  # the last chunk's flag: no next chunk will look at it
+            self._recover()
         self.reset()
         return torch.cat(outs, dim=1)
 

@@ -178,6 +178,14 @@ def _run_live(args: argparse.Namespace, record_ok: bool, lock: OutputLock | None
     errors = [e for e in session.events() if e.level == "error"]
     if errors:
         raise UserError(errors[-1].message, errors[-1].hint)
+    if session.model_never_finite():
+        from kf_desktop.model_choice import NOT_AS_ASKED
+
+        print("error: the Knot Forcing model never produced a finite frame (see the warnings "
+              "above): the stream was guide-only", file=sys.stderr)
+        print("  fix: re-download or re-train the weights; --mode guide skips the model",
+              file=sys.stderr)
+        return NOT_AS_ASKED
     if refused:
         from kf_desktop.model_choice import NOT_AS_ASKED
 

@@ -433,6 +433,18 @@ class Session:
         if self._renderer is not None:
             self._renderer.request_reset_neutral()
 
+    def model_never_finite(self) -> bool:
+        """The Knot Forcing model ran but every chunk it made was non-finite:
+        what the user saw was the motion guide (``run`` exits 3 on it)."""
+        r = self._renderer
+        if r is None or r.generator is None or self._running:
+            return False
+        # The engine checks a chunk's finiteness when the next one starts:
+        # flushing generates what is buffered and checks the last chunk.
+        r.generator.flush()
+        r.generator.pop_events()
+        return bool(getattr(r.generator, "never_finite", False))
+
     def snapshot(self) -> dict:
         snap = self.stats.snapshot()
         snap["dropped"] = {"drive": self._drive_q.dropped, "output": self._out_q.dropped}

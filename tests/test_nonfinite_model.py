@@ -1,7 +1,7 @@
 """Weights that only ever produce non-finite values: the engine replaces
 those frames by the guide and queues ``nonfinite_recovered`` events; the app
 says so (render summary and exit 3 when no frame was the model's; the `run`
-status line). Real NaN weights through the real engine, the real CLI."""
+status line, and its exit 3 too). Real NaN weights through the real engine, the real CLI."""
 
 from __future__ import annotations
 
@@ -44,10 +44,11 @@ def test_render_says_the_model_never_made_a_frame_and_exits_3(nan_weights, data_
     assert out.stat().st_size > 0
 
 
-def test_run_status_line_shows_non_finite_chunks(nan_weights, data_file):
+def test_run_status_line_shows_non_finite_chunks_and_exits_3(nan_weights, data_file):
     res = _cli("run", "--video", str(data_file("cap13_edit2.mp4")), "--no-vcam", "--seconds", "3",
                "--size", "128x96", "--mode", "generator", "--weights", str(nan_weights))
-    assert res.returncode == 0, res.stderr[-1500:]
+    assert res.returncode == 3, res.stderr[-1500:]  # --mode generator, yet the stream was guide-only
+    assert "never produced a finite frame" in res.stderr and "Traceback" not in res.stderr
     assert "[warning] the Knot Forcing model produced non-finite values" in res.stderr
     status = [ln for ln in res.stderr.splitlines() if ln.startswith("out ")]
     assert any("MODEL NON-FINITE" in ln for ln in status), res.stderr[-1500:]
