@@ -62,16 +62,23 @@ def refuse_inputs(out: Path, inputs: Iterable[tuple[str, Path | None]], option: 
                             f"pass {option} with another file name")
 
 
+def _stat(path: Path, problem: str, hint: str) -> os.stat_result | None:
+    """``os.stat(path)``, None when it does not exist; any other failure is a
+    UserError ``problem: reason`` with ``hint``."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UserError(f"{problem}: {e.strerror or e}", hint) from None
+
+
 def refuse_non_regular(path: Path, option: str, *, folder_ok: bool = False) -> bool:
     """UserError when ``path`` exists and is not a regular file (or, with
     ``folder_ok``, a folder); returns whether it exists."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+    st = _stat(path, f"cannot write {path}", f"pass {option} with a file in a folder you can write to")
+    if st is None:
         return False
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}",
-                        f"pass {option} with a file in a folder you can write to") from None
     if stat.S_ISREG(st.st_mode) or (folder_ok and stat.S_ISDIR(st.st_mode)):
         return True
     example = f" (e.g. {Path(path) / 'take.mp4'})" if stat.S_ISDIR(st.st_mode) else ""
@@ -136,13 +143,9 @@ def check_folder_out(out: str | os.PathLike, inputs: Iterable[tuple[str, Path | 
     """An output folder: not an input (nor inside one's place), not a file or a FIFO."""
     path = Path(out)
     refuse_inputs(path, list(inputs), option)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+    st = _stat(path, f"cannot write into {path}", f"pass {option} with a folder you can write to")
+    if st is None:
         return path
-    except OSError as e:
-        raise UserError(f"cannot write into {path}: {e.strerror or e}",
-                        f"pass {option} with a folder you can write to") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(f"cannot write into {path}: it is {kind_of(st)}, not a folder",
                         f"pass {option} with a folder (it is created when missing)")
