@@ -359,3 +359,38 @@ def test_changing_camera_swaps_the_source_without_restarting(qtbot, make_window,
     assert opened[-1] == "Second camera"
     shown = w.preview.frames_shown
     qtbot.waitUntil(lambda: w.preview.frames_shown >= shown + 5, timeout=15_000)
+
+
+def test_weights_that_only_make_non_finite_values_show_a_banner(qtbot, make_window, clip_path,
+                                                                mem_vcam, tmp_path):
+    """Issue 19 item 12: real NaN weights through the real engine; the window
+    says the model failed (a warning banner) and the preview keeps showing
+    the motion guide."""
+    import torch  # the test may; the window may not
+
+    from engine.config import get_preset
+    from engine.weights import random_model, save_model
+    from kf_desktop.generators import make_generator
+    from ui.settings_store import SettingsStore
+
+    model, _ = random_model(get_preset("tiny").model, seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    save_model(model, tmp_path / "nan", trained=True)
+    ini = tmp_path / "nan.ini"
+    store = SettingsStore.at(ini)
+    store.out_size = (640, 360)
+    store.generator, store.compute_device = "generator", "cpu"
+    store.sync()
+    ctl = make_window(file_services(clip_path, mem_vcam.name,
+                                    make_generator=lambda mode, device: make_generator(
+                                        "generator", "cpu", weights=tmp_path / "nan")), ini)
+    w = ctl.window
+    _click(qtbot, w.start_button)
+    _wait_running(qtbot, ctl)
+    qtbot.waitUntil(lambda: w.banners.banner("nonfinite_recovered") is not None, timeout=60_000)
+    b = w.banners.banner("nonfinite_recovered")
+    assert b.level == "warning" and "non-finite" in b.message, (b.level, b.message)
+    shown = w.preview.frames_shown
+    qtbot.waitUntil(lambda: w.preview.frames_shown > shown + 10, timeout=30_000)
