@@ -81,6 +81,11 @@ class TrainConfig:
     t_shift: float | None = None  # None -> the stream's shift
     l1: float = 1.0
     mse: float = 1.0
+    # L1 between the horizontal and vertical pixel differences of prediction
+    # and target (same weight map): a pixel loss alone is minimised by the
+    # blurred conditional mean, which drew the mouth model's teeth as a soft
+    # band (docs/MOUTH_MODEL.md, "Where it stands"); 0 = off
+    grad: float = 0.0
     region_extra: float = 2.0  # extra weight inside eyes / mouth
     # "real": the target is the real frame; "masked_guide": the real frame
     # inside soft mouth/eye regions, the frame's own guide elsewhere
@@ -359,7 +364,13 @@ class BatchBuilder:
 def chunk_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, tc: TrainConfig) -> torch.Tensor:
     d = pred.float() - target
     w = weight / weight.mean(dim=(-2, -1), keepdim=True)
-    return (w * (tc.l1 * d.abs() + tc.mse * d * d)).mean()
+    loss = (w * (tc.l1 * d.abs() + tc.mse * d * d)).mean()
+    if tc.grad:
+        # d's differences = pred's minus target's: (..., H, W-1) and (..., H-1, W)
+        gx = (d[..., :, 1:] - d[..., :, :-1]).abs() * w[..., :, 1:]
+        gy = (d[..., 1:, :] - d[..., :-1, :]).abs() * w[..., 1:, :]
+        loss = loss + tc.grad * (gx.mean() + gy.mean())
+    return loss
 
 
 # --------------------------------------------------------------------------

@@ -191,3 +191,25 @@ def test_bad_dataset_folder_is_a_clean_refusal(tmp_path, capsys):
         {"format": "kf-desktop-dataset/1", "size": 16, "clips": [{"name": "x", "file": "../../etc/passwd"}]}))
     with pytest.raises(DatasetError, match="not a file inside"):
         load_clips(tmp_path)
+
+
+def test_gradient_loss_charges_blur_not_a_flat_offset():
+    """TrainConfig.grad: a prediction off by a constant keeps the target's
+    edges (no extra loss); a blurred one loses them and pays for it."""
+    import torch.nn.functional as F
+
+    from engine.training.trainer import TrainConfig, chunk_loss
+
+    torch.manual_seed(0)
+    target = (torch.rand(1, 2, 3, 16, 24) > 0.5).float()  # (B, F, C, H, W) sharp edges
+    weight = torch.ones(1, 2, 1, 16, 24)
+    blurred = F.avg_pool2d(target.flatten(0, 1), 3, stride=1, padding=1,
+                           count_include_pad=False).view_as(target)
+    off, on = TrainConfig(data="", out=""), TrainConfig(data="", out="", grad=1.0)
+    shifted = target + 0.1
+    assert chunk_loss(shifted, target, weight, on) == pytest.approx(float(chunk_loss(shifted, target, weight, off)))
+    extra = float(chunk_loss(blurred, target, weight, on) - chunk_loss(blurred, target, weight, off))
+    assert extra > 0.2, extra
+    pred = blurred.clone().requires_grad_(True)
+    chunk_loss(pred, target, weight, on).backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
