@@ -17,6 +17,8 @@ from kf_desktop.session import Session, SessionConfig
 from kf_desktop.sinks import NullSink, VirtualCameraSink
 from kf_desktop.sources import SourceLost, VideoFileSource
 from tests.helpers_vcam import mem_vcam  # noqa: F401  (fixture)
+from tests.waiting import wait_for as _wait_for
+from tests.waiting import kf_threads as _kf_threads
 
 OUT = (320, 180)
 
@@ -61,19 +63,6 @@ class FlakySource:
     fps = property(lambda self: self._inner.fps)
     size = property(lambda self: self._inner.size)
     name = property(lambda self: "flaky camera")
-
-
-def _wait_for(pred, timeout=20.0, step=0.05):
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
-
-
-def _kf_threads():
-    return [t.name for t in threading.enumerate() if t.name.startswith("kf-") and t.is_alive()]
 
 
 def test_start_stream_stop(portrait, data_file, mem_vcam):

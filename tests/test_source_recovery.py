@@ -19,6 +19,7 @@ from kf_desktop.portrait import load_portrait
 from kf_desktop.session import Session, SessionConfig
 from kf_desktop.sinks import NullSink
 from kf_desktop.sources import VideoFileSource
+from tests.waiting import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = (320, 180)
@@ -40,15 +41,6 @@ def short_clip(data_file, tmp_path):
                     "-t", "1", "-vf", "scale=320:-2", "-c:v", "libx264", "-an", str(clip)],
                    check=True)
     return clip
-
-
-def _wait_for(pred, timeout=30.0, step=0.05):
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 def _codes(s):

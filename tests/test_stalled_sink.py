@@ -23,6 +23,8 @@ from kf_desktop.portrait import load_portrait
 from kf_desktop.session import Session, SessionConfig
 from kf_desktop.sinks import NullSink, RecorderSink
 from tests.test_sinks import _probe
+from tests.waiting import wait_for as _wait_for
+from tests.waiting import kf_threads as _kf_threads
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = (320, 180)
@@ -36,19 +38,6 @@ pytestmark = pytest.mark.skipif(
 def portrait(portrait_path):
     with FaceAnalyzer(static=True, max_faces=2) as fa:
         return load_portrait(portrait_path, fa)
-
-
-def _wait_for(pred, timeout=30.0, step=0.05):
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
-
-
-def _kf_threads():
-    return [t.name for t in threading.enumerate() if t.name.startswith("kf-") and t.is_alive()]
 
 
 def _resume(pid: int) -> None:
