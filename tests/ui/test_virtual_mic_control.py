@@ -154,10 +154,14 @@ def test_status_without_a_sound_server_webcam_only_and_trim_persists(
     assert ctl2.options().virtual_mic
 
 
-def test_settings_store_clamps_the_trim(tmp_path):
+def test_settings_store_refuses_an_out_of_range_trim(tmp_path):
+    """A value outside -200..300 ms read from disk falls back to the default
+    (issue 22 item 2: every stored value is checked, a bad one is not used)."""
     s = SettingsStore.at(tmp_path / "s.ini")
     assert s.av_trim_ms == 0.0 and s.virtual_mic is False
+    s.qs.setValue("output/av_trim_ms", "120")
+    assert s.av_trim_ms == 120.0
     s.qs.setValue("output/av_trim_ms", "900")
-    assert s.av_trim_ms == 300.0
+    assert s.av_trim_ms == 0.0
     s.qs.setValue("output/av_trim_ms", "garbage")
     assert s.av_trim_ms == 0.0
