@@ -202,15 +202,13 @@ def _keep_recordings(sinks: list) -> None:
     for sink in sinks:
         if not isinstance(sink, RecorderSink):
             continue
-        if sink.takes and sink.takes[-1] == sink.path:
+        finished = lambda: bool(sink.takes) and sink.takes[-1] == sink.path  # noqa: E731
+        # abandon() waits for a stop() in progress, which may finish the file meanwhile
+        err = None if finished() else sink.abandon("interrupted (a second Ctrl-C gives up at once)", hint="")
+        if finished():
             print(f"[info] the recording was finished as {sink.path}", file=sys.stderr, flush=True)
-            continue
-        err = sink.abandon("interrupted (a second Ctrl-C gives up at once)", hint="")
-        if sink.takes and sink.takes[-1] == sink.path and sink.stats()["finished"]:
-            # The first Ctrl-C's stop() finished the file while we waited for it.
-            print(f"[info] the recording was finished as {sink.path}", file=sys.stderr, flush=True)
-            continue
-        print(f"[warning] {err.message}", file=sys.stderr, flush=True)
+        else:
+            print(f"[warning] {err.message}", file=sys.stderr, flush=True)
 
 
 def _sync_notes(snap: dict) -> tuple[str | None, ...]:
